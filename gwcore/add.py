@@ -1,0 +1,355 @@
+"""Adding jobs from Python: `add_job` and `add_jobs`, async and sync.
+
+Both go through graphile-worker's SQL functions ``add_job`` and ``add_jobs``,
+so job keys, queues and the ``jobs:insert`` notification behave exactly as
+they do for a Node.js worker. Every spec is validated and passed through the
+``gw_before_job_schedule`` hook before anything reaches the database.
+
+The target is a psycopg connection, a connection pool or a connection string.
+On a connection, the job is added inside the caller's open transaction, if
+there is one, and appears only when that transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from gwcore.errors import GwError, ValidationError
+from gwcore.job import Job, JobSpec
+from gwcore.plugins import PluginManager, default_plugin_manager
+from gwcore.queries import queries_for
+
+logger = logging.getLogger("gwcore.add")
+
+DEFAULT_SCHEMA = "graphile_worker"
+
+AsyncTarget: TypeAlias = "psycopg.AsyncConnection[Any] | AsyncConnectionPool | str"
+SyncTarget: TypeAlias = "psycopg.Connection[Any] | ConnectionPool | str"
+
+# A keyed job can lose a race with a worker that locks the old row between the two statements
+# of graphile-worker's add_jobs, which then writes nothing. Such an add is simply tried again.
+MAX_KEY_CONTENTION_RETRIES = 20
+KEY_CONTENTION_DELAY = 0.005
+
+
+class JobKeyContentionError(GwError):
+    """A keyed job could not be written because other sessions kept changing the same key."""
+
+
+# ---------------------------------------------------------------------------
+# Async API
+# ---------------------------------------------------------------------------
+
+
+async def add_job(
+    target: AsyncTarget,
+    identifier: str,
+    payload: Any = None,
+    *,
+    queue_name: str | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    job_key: str | None = None,
+    job_key_mode: str | None = None,
+    priority: int | None = None,
+    flags: Sequence[str] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> Job | None:
+    """Add one job and return its row, or ``None`` when a ``gw_before_job_schedule`` hook skipped it.
+
+    Raises `ValidationError` for a bad argument and `JobScheduleError` when a
+    hook rejects the job; in both cases nothing is written.
+    """
+    spec = JobSpec.create(
+        identifier,
+        payload,
+        queue_name=queue_name,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        job_key=job_key,
+        job_key_mode=job_key_mode,
+        priority=priority,
+        flags=flags,
+    )
+    return await add_job_spec(target, spec, schema=schema, plugins=plugins)
+
+
+async def add_job_spec(
+    target: AsyncTarget,
+    spec: JobSpec,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> Job | None:
+    """Add the job that ``spec`` describes; see `add_job`."""
+    manager = plugins or default_plugin_manager()
+    scheduled = await manager.schedule(spec)
+    if scheduled is None:
+        logger.debug("a plugin skipped adding a job of task %r", spec.identifier)
+        return None
+
+    statement = queries_for(schema).add_job
+    params = _add_job_params(scheduled)
+    async with _async_connection(target) as conn:
+        for attempt in range(MAX_KEY_CONTENTION_RETRIES):
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(statement, params)
+                row = await cursor.fetchone()
+            if row is not None and row["id"] is not None:
+                return _job_from_row(row)
+            await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
+    raise _contention_error(scheduled)
+
+
+async def add_jobs(
+    target: AsyncTarget,
+    specs: Sequence[JobSpec],
+    *,
+    job_key_preserve_run_at: bool = False,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> list[Job]:
+    """Add a batch of jobs in one round trip and return the rows written.
+
+    Build each spec with `JobSpec.create`. A spec that a hook skips is left
+    out; a hook that fails any spec raises `JobScheduleError` before anything
+    is written. ``job_key_preserve_run_at`` applies ``preserve_run_at`` to
+    every keyed spec. The rows come back in the order the database returns
+    them, which is not always the order of ``specs``.
+    """
+    manager = plugins or default_plugin_manager()
+    batch = _check_batch(specs, job_key_preserve_run_at)
+    scheduled = [spec for spec in [await manager.schedule(spec) for spec in batch] if spec]
+    if not scheduled:
+        return []
+
+    statement = queries_for(schema).add_jobs
+    jobs: list[Job] = []
+    pending = scheduled
+    async with _async_connection(target) as conn:
+        for attempt in range(MAX_KEY_CONTENTION_RETRIES):
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(statement, _add_jobs_params(pending, job_key_preserve_run_at))
+                rows = await cursor.fetchall()
+            pending = _collect_rows(rows, pending, jobs)
+            if not pending:
+                return jobs
+            await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
+    raise _contention_error(pending[0])
+
+
+@asynccontextmanager
+async def _async_connection(target: AsyncTarget) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    if isinstance(target, psycopg.AsyncConnection):
+        yield target
+    elif isinstance(target, AsyncConnectionPool):
+        async with target.connection() as conn:
+            yield conn
+    elif isinstance(target, str):
+        async with await psycopg.AsyncConnection.connect(target, autocommit=True) as conn:
+            yield conn
+    else:
+        raise ValidationError(
+            f"target is invalid: {target!r}; the async API takes a psycopg AsyncConnection, "
+            "an AsyncConnectionPool or a connection string (use gwcore.sync for sync connections)."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Sync API, the same steps without await
+# ---------------------------------------------------------------------------
+
+
+def add_job_sync(
+    target: SyncTarget,
+    identifier: str,
+    payload: Any = None,
+    *,
+    queue_name: str | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    job_key: str | None = None,
+    job_key_mode: str | None = None,
+    priority: int | None = None,
+    flags: Sequence[str] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> Job | None:
+    """Add one job with a sync connection, pool or connection string; see `add_job`."""
+    spec = JobSpec.create(
+        identifier,
+        payload,
+        queue_name=queue_name,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        job_key=job_key,
+        job_key_mode=job_key_mode,
+        priority=priority,
+        flags=flags,
+    )
+    return add_job_spec_sync(target, spec, schema=schema, plugins=plugins)
+
+
+def add_job_spec_sync(
+    target: SyncTarget,
+    spec: JobSpec,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> Job | None:
+    """Add the job that ``spec`` describes with a sync connection; see `add_job`."""
+    manager = plugins or default_plugin_manager()
+    scheduled = manager.schedule_sync(spec)
+    if scheduled is None:
+        logger.debug("a plugin skipped adding a job of task %r", spec.identifier)
+        return None
+
+    statement = queries_for(schema).add_job
+    params = _add_job_params(scheduled)
+    with _sync_connection(target) as conn:
+        for attempt in range(MAX_KEY_CONTENTION_RETRIES):
+            with conn.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(statement, params)
+                row = cursor.fetchone()
+            if row is not None and row["id"] is not None:
+                return _job_from_row(row)
+            time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
+    raise _contention_error(scheduled)
+
+
+def add_jobs_sync(
+    target: SyncTarget,
+    specs: Sequence[JobSpec],
+    *,
+    job_key_preserve_run_at: bool = False,
+    schema: str = DEFAULT_SCHEMA,
+    plugins: PluginManager | None = None,
+) -> list[Job]:
+    """Add a batch of jobs with a sync connection; see `add_jobs`."""
+    manager = plugins or default_plugin_manager()
+    batch = _check_batch(specs, job_key_preserve_run_at)
+    scheduled = [spec for spec in [manager.schedule_sync(spec) for spec in batch] if spec]
+    if not scheduled:
+        return []
+
+    statement = queries_for(schema).add_jobs
+    jobs: list[Job] = []
+    pending = scheduled
+    with _sync_connection(target) as conn:
+        for attempt in range(MAX_KEY_CONTENTION_RETRIES):
+            with conn.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(statement, _add_jobs_params(pending, job_key_preserve_run_at))
+                rows = cursor.fetchall()
+            pending = _collect_rows(rows, pending, jobs)
+            if not pending:
+                return jobs
+            time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
+    raise _contention_error(pending[0])
+
+
+@contextmanager
+def _sync_connection(target: SyncTarget) -> Iterator[psycopg.Connection[Any]]:
+    if isinstance(target, psycopg.Connection):
+        yield target
+    elif isinstance(target, ConnectionPool):
+        with target.connection() as conn:
+            yield conn
+    elif isinstance(target, str):
+        with psycopg.Connection.connect(target, autocommit=True) as conn:
+            yield conn
+    else:
+        raise ValidationError(
+            f"target is invalid: {target!r}; the sync API takes a psycopg Connection, "
+            "a ConnectionPool or a connection string (use gwcore.add_job for async connections)."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Steps shared by both APIs
+# ---------------------------------------------------------------------------
+
+
+def _add_job_params(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "identifier": spec.identifier,
+        "payload": spec.payload_json(),
+        "queue_name": spec.queue_name,
+        "run_at": spec.run_at,
+        "max_attempts": spec.max_attempts,
+        "job_key": spec.job_key,
+        "priority": spec.priority,
+        "flags": list(spec.flags) if spec.flags is not None else None,
+        "job_key_mode": spec.job_key_mode,
+    }
+
+
+def _check_batch(specs: Sequence[JobSpec], preserve_run_at: bool) -> list[JobSpec]:
+    batch = list(specs)
+    for index, spec in enumerate(batch):
+        if not isinstance(spec, JobSpec):
+            raise ValidationError(
+                f"specs[{index}] is invalid: {spec!r}; build each job with gwcore.JobSpec.create(...)."
+            )
+        spec.validate()
+        if spec.job_key_mode == "unsafe_dedupe":
+            raise ValidationError(
+                f"specs[{index}].job_key_mode is invalid: 'unsafe_dedupe' is not supported in a "
+                "batch; add such a job with add_job."
+            )
+        if spec.job_key_mode == "preserve_run_at" and not preserve_run_at:
+            raise ValidationError(
+                f"specs[{index}].job_key_mode is invalid: 'preserve_run_at' applies to a whole "
+                "batch; pass job_key_preserve_run_at=True to add_jobs instead."
+            )
+    return batch
+
+
+def _add_jobs_params(specs: Sequence[JobSpec], preserve_run_at: bool) -> dict[str, Any]:
+    rows = [
+        {
+            "identifier": spec.identifier,
+            "payload": json.loads(spec.payload_json()),
+            "queue_name": spec.queue_name,
+            "run_at": spec.run_at.isoformat() if spec.run_at else None,
+            "max_attempts": spec.max_attempts,
+            "job_key": spec.job_key,
+            "priority": spec.priority,
+            "flags": list(spec.flags) if spec.flags is not None else None,
+        }
+        for spec in specs
+    ]
+    return {"specs": json.dumps(rows, separators=(",", ":")), "preserve_run_at": preserve_run_at}
+
+
+def _collect_rows(rows: Sequence[dict[str, Any]], pending: list[JobSpec], jobs: list[Job]) -> list[JobSpec]:
+    """Add the written rows to ``jobs`` and return the keyed specs that were not written."""
+    written_keys = set()
+    for row in rows:
+        jobs.append(_job_from_row(row))
+        if row["key"] is not None:
+            written_keys.add(row["key"])
+    return [spec for spec in pending if spec.job_key is not None and spec.job_key not in written_keys]
+
+
+def _job_from_row(row: dict[str, Any]) -> Job:
+    return Job.from_row(row, task_identifier=row["task_identifier"], queue_name=row["queue_name"])
+
+
+def _contention_error(spec: JobSpec) -> JobKeyContentionError:
+    return JobKeyContentionError(
+        f"job key {spec.job_key!r} of task {spec.identifier!r} could not be written after "
+        f"{MAX_KEY_CONTENTION_RETRIES} tries because workers kept locking the existing job; "
+        "nothing was added. Try again later."
+    )

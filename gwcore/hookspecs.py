@@ -1,0 +1,192 @@
+"""Hook specifications: every point in a job's and a worker's life that a plugin can observe or change.
+
+Each hook takes one argument, ``ctx``, a frozen dataclass from `gwcore.contexts`.
+A hook implementation may be a plain function or an ``async def`` coroutine
+function: the core awaits whatever an implementation returns when it is
+awaitable, so both work for every hook.
+
+There are two kinds of hooks:
+
+- Observers are told that something happened. Their return value is ignored,
+  and an exception they raise is logged with the plugin's name and otherwise
+  ignored, so a broken observer never affects a job or the other plugins.
+- Interceptors can change what happens next. They run as a chain in pluggy's
+  order (``tryfirst``/``trylast`` honoured). Returning ``None`` or
+  ``HookResult.CONTINUE`` passes to the next implementation. Returning
+  ``HookResult.SKIP`` or ``HookResult.fail(reason)`` ends the chain with that
+  result.
+
+Mark implementations with `gwcore.hookimpl`; functions named ``gw_*`` are also
+accepted unmarked. An implementation may take ``ctx`` or no argument at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gwcore.contexts import (
+        AfterJobRunContext,
+        BeforeJobRunContext,
+        BeforeJobScheduleContext,
+        JobCompleteContext,
+        JobFailContext,
+        JobFetchContext,
+        JobInterruptedContext,
+        JobPermanentlyFailContext,
+        JobStartContext,
+        WorkerInitContext,
+        WorkerShutdownContext,
+        WorkerStartContext,
+    )
+
+PROJECT_NAME = "gwcore"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------
+# Worker lifecycle
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gw_worker_init(ctx: WorkerInitContext) -> None:
+    """Observer. Fires once when a `Worker` is created, before it connects.
+
+    ``ctx.database`` describes the connection (the password masked),
+    ``ctx.schema`` is the graphile-worker schema and ``ctx.concurrency`` the
+    number of jobs the worker runs at once. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_worker_start(ctx: WorkerStartContext) -> None:
+    """Observer. Fires when the worker has migrated the schema and is about to fetch jobs.
+
+    ``ctx.worker_id`` is the id written to ``locked_by`` of the jobs it takes,
+    ``ctx.extensions`` the shared application state that tasks receive, and
+    ``ctx.worker`` the running `Worker`, whose ``pool`` and ``schema`` a plugin
+    may use for queries of its own. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_worker_shutdown(ctx: WorkerShutdownContext) -> None:
+    """Observer. Fires once when the worker has stopped, after every job was completed or handed back.
+
+    ``ctx.reason`` is ``"signal"`` (SIGINT or SIGTERM), ``"graceful"`` (`Worker.stop`
+    or `Worker.run_once` running out of jobs) or ``"error"`` (a fatal error, in
+    ``ctx.error``). The database pool is still open. The return value is ignored.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Running a job, in the order the hooks fire
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gw_job_fetch(ctx: JobFetchContext) -> None:
+    """Observer. Fires when the worker has locked ``ctx.job`` for itself, before anything runs.
+
+    ``ctx.job.attempts`` already counts this attempt. The return value is ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def gw_before_job_run(ctx: BeforeJobRunContext) -> Any:
+    """Interceptor. Fires before the task is called with ``ctx.payload``.
+
+    Return ``None`` or ``HookResult.CONTINUE`` to let the job run,
+    ``HookResult.SKIP`` to remove the job as done without calling the task
+    (``gw_job_complete`` fires), or ``HookResult.fail(reason)`` to fail the job
+    without calling the task (the normal failure path runs, with retries). An
+    exception raised here fails the job with that exception.
+
+    Implementations run in the job's own asyncio task, so a context variable
+    set here (a tracing span, fields for log records) is seen by the task and
+    by ``gw_after_job_run``; reset it there.
+    """
+
+
+@hookspec
+def gw_job_start(ctx: JobStartContext) -> None:
+    """Observer. Fires right before the task is called. The return value is ignored."""
+
+
+@hookspec(firstresult=True)
+def gw_after_job_run(ctx: AfterJobRunContext) -> Any:
+    """Interceptor. Fires after the task returned or raised, before the outcome is written.
+
+    ``ctx.result`` holds the task's return value or its exception, and
+    ``ctx.duration`` the seconds the task ran. Return ``None`` or
+    ``HookResult.CONTINUE`` to keep the outcome, ``HookResult.SKIP`` to mark
+    the job done even if the task raised, or ``HookResult.fail(reason)`` to
+    fail the job even if the task succeeded. An exception raised here fails
+    the job with that exception.
+    """
+
+
+@hookspec
+def gw_job_complete(ctx: JobCompleteContext) -> None:
+    """Observer. Fires after the job's row was deleted as done.
+
+    ``ctx.duration`` is the seconds from the start of the task (or of the
+    ``gw_before_job_run`` chain, for a skipped job) to the outcome. The return
+    value is ignored.
+    """
+
+
+@hookspec
+def gw_job_fail(ctx: JobFailContext) -> None:
+    """Observer. Fires after a failed attempt was written to the job's row.
+
+    ``ctx.error`` is the exception, ``ctx.will_retry`` is false when this was
+    the last allowed attempt (``gw_job_permanently_fail`` fires next) and
+    ``ctx.job.run_at`` is when the next attempt may run. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_job_permanently_fail(ctx: JobPermanentlyFailContext) -> None:
+    """Observer. Fires after the last allowed attempt of a job failed.
+
+    The row stays in the table with ``attempts = max_attempts`` until an
+    operator removes or reschedules it. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_job_interrupted(ctx: JobInterruptedContext) -> None:
+    """Observer. Fires when shutdown stopped a running job and handed it back unlocked.
+
+    The attempt that was interrupted is not counted, so the job runs again
+    later with the attempts it had. ``ctx.reason`` says why (``"shutdown"``).
+    The return value is ignored.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Adding jobs
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def gw_before_job_schedule(ctx: BeforeJobScheduleContext) -> Any:
+    """Interceptor. Fires for every job added from Python (the API, a task's ``add_job`` and the CLI).
+
+    ``ctx.identifier`` names the task, ``ctx.payload`` is the payload as the
+    previous implementation left it and ``ctx.spec`` holds the other options.
+    Return ``None`` to keep the payload, ``JobScheduleResult.continue_with(payload)``
+    to replace it for the next implementation and the insert,
+    ``JobScheduleResult.SKIP`` to insert nothing (``add_job`` returns ``None``;
+    ``add_jobs`` drops only that job), or ``JobScheduleResult.fail(reason)``
+    to raise `JobScheduleError` and insert nothing of the batch. An exception
+    raised here propagates to the caller of ``add_job``.
+
+    Jobs added in SQL with ``graphile_worker.add_job`` do not pass through this hook.
+    """

@@ -1,0 +1,255 @@
+"""The SQL that gwcore runs against graphile-worker's tables, one statement per operation.
+
+Statements are built once per schema and reused, so psycopg can prepare them
+on the server after a few executions. Every job id travels as ``bigint``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from psycopg import sql
+
+
+def _render(template: str, schema: str) -> sql.Composed:
+    return sql.SQL(template).format(schema=sql.Identifier(schema))
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Every statement of the job path and the add API, for one schema."""
+
+    schema: str
+    add_job: sql.Composed
+    add_jobs: sql.Composed
+    task_ids: sql.Composed
+    insert_missing_tasks: sql.Composed
+    fetch_job: sql.Composed
+    fetch_job_with_flags: sql.Composed
+    complete_job: sql.Composed
+    complete_queued_job: sql.Composed
+    fail_job: sql.Composed
+    return_jobs: sql.Composed
+    unlock_worker: sql.Composed
+    release_stale_locks: sql.Composed
+
+
+# Add one job through graphile-worker's own SQL function, so job keys behave exactly as theirs.
+# The function returns a row of nulls when a keyed job could not be written under contention.
+_ADD_JOB = """
+select jobs.*, tasks.identifier as task_identifier, queues.queue_name
+from {schema}.add_job(
+    identifier => %(identifier)s::text,
+    payload => %(payload)s::json,
+    queue_name => %(queue_name)s::text,
+    run_at => %(run_at)s::timestamptz,
+    max_attempts => %(max_attempts)s::int,
+    job_key => %(job_key)s::text,
+    priority => %(priority)s::int,
+    flags => %(flags)s::text[],
+    job_key_mode => coalesce(%(job_key_mode)s::text, 'replace')
+) as jobs
+left join {schema}._private_tasks as tasks on tasks.id = jobs.task_id
+left join {schema}._private_job_queues as queues on queues.id = jobs.job_queue_id
+"""
+
+# Add a batch of jobs in one round trip through graphile-worker's add_jobs.
+_ADD_JOBS = """
+select jobs.*, tasks.identifier as task_identifier, queues.queue_name
+from {schema}.add_jobs(
+    (
+        select array_agg(
+            row(
+                spec->>'identifier',
+                spec->'payload',
+                spec->>'queue_name',
+                (spec->>'run_at')::timestamptz,
+                (spec->>'max_attempts')::smallint,
+                spec->>'job_key',
+                (spec->>'priority')::smallint,
+                case when json_typeof(spec->'flags') = 'array' then (
+                    select array_agg(flag) from json_array_elements_text(spec->'flags') as flag
+                ) end
+            )::{schema}.job_spec
+            order by position
+        )
+        from json_array_elements(%(specs)s::json) with ordinality as specs(spec, position)
+    ),
+    %(preserve_run_at)s::boolean
+) as jobs
+left join {schema}._private_tasks as tasks on tasks.id = jobs.task_id
+left join {schema}._private_job_queues as queues on queues.id = jobs.job_queue_id
+"""
+
+_TASK_IDS = """
+select id, identifier from {schema}._private_tasks where identifier = any(%(identifiers)s::text[])
+"""
+
+# Insert only the identifiers that are missing, so a known identifier consumes no identity value.
+_INSERT_MISSING_TASKS = """
+insert into {schema}._private_tasks (identifier)
+select wanted.identifier
+from unnest(%(identifiers)s::text[]) as wanted(identifier)
+where not exists (
+    select 1 from {schema}._private_tasks as existing where existing.identifier = wanted.identifier
+)
+on conflict do nothing
+"""
+
+# Lock the next runnable job for this worker. A named queue is taken only while nobody holds it,
+# and is locked together with its job so that the queue runs one job at a time across all workers.
+# Order: priority, then run_at, then id as a stable FIFO tie-break.
+_FETCH_JOB = """
+with next_job as (
+    select jobs.id, jobs.job_queue_id
+    from {schema}._private_jobs as jobs
+    where jobs.is_available = true
+    and jobs.run_at <= now()
+    and jobs.task_id = any(%(task_ids)s::int[])
+    and (
+        jobs.job_queue_id is null
+        or jobs.job_queue_id in (
+            select queues.id
+            from {schema}._private_job_queues as queues
+            where queues.is_available = true
+            for update
+            skip locked
+        )
+    )
+    {flags_filter}
+    order by jobs.priority asc, jobs.run_at asc, jobs.id asc
+    limit 1
+    for update
+    skip locked
+),
+locked_queue as (
+    update {schema}._private_job_queues as queues
+    set locked_by = %(worker_id)s::text, locked_at = now()
+    from next_job
+    where queues.id = next_job.job_queue_id
+    returning queues.queue_name
+)
+update {schema}._private_jobs as jobs
+set attempts = jobs.attempts + 1, locked_by = %(worker_id)s::text, locked_at = now()
+from next_job
+where jobs.id = next_job.id
+returning jobs.*, (select queue_name from locked_queue) as queue_name
+"""
+
+_FLAGS_FILTER = "and ((jobs.flags ?| %(forbidden_flags)s::text[]) is not true)"
+
+_COMPLETE_JOB = """
+delete from {schema}._private_jobs
+where id = %(job_id)s::bigint and locked_by = %(worker_id)s::text
+"""
+
+_COMPLETE_QUEUED_JOB = """
+with done as (
+    delete from {schema}._private_jobs
+    where id = %(job_id)s::bigint and locked_by = %(worker_id)s::text
+    returning job_queue_id
+)
+update {schema}._private_job_queues as queues
+set locked_by = null, locked_at = null
+from done
+where queues.id = done.job_queue_id and queues.locked_by = %(worker_id)s::text
+"""
+
+# Record a failed attempt: the error, and the next run_at after an exponential backoff of
+# e^min(attempts, 10) seconds. At attempts = max_attempts the row is permanently failed.
+_FAIL_JOB = """
+with failed as (
+    update {schema}._private_jobs as jobs
+    set
+        last_error = %(error)s::text,
+        run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
+        locked_by = null,
+        locked_at = null
+    where jobs.id = %(job_id)s::bigint and jobs.locked_by = %(worker_id)s::text
+    returning jobs.*
+),
+unlocked_queue as (
+    update {schema}._private_job_queues as queues
+    set locked_by = null, locked_at = null
+    from failed
+    where queues.id = failed.job_queue_id and queues.locked_by = %(worker_id)s::text
+)
+select * from failed
+"""
+
+# Hand jobs back unlocked without counting the attempt that the fetch added.
+_RETURN_JOBS = """
+with returned as (
+    update {schema}._private_jobs as jobs
+    set attempts = greatest(0, jobs.attempts - 1), locked_by = null, locked_at = null
+    where jobs.id = any(%(job_ids)s::bigint[]) and jobs.locked_by = %(worker_id)s::text
+    returning jobs.id, jobs.job_queue_id
+),
+unlocked_queues as (
+    update {schema}._private_job_queues as queues
+    set locked_by = null, locked_at = null
+    from returned
+    where queues.id = returned.job_queue_id and queues.locked_by = %(worker_id)s::text
+)
+select id from returned
+"""
+
+# Last step of every shutdown: nothing may stay locked by this worker id.
+_UNLOCK_WORKER = """
+with returned as (
+    update {schema}._private_jobs as jobs
+    set attempts = greatest(0, jobs.attempts - 1), locked_by = null, locked_at = null
+    where jobs.locked_by = %(worker_id)s::text
+    returning jobs.id
+),
+unlocked_queues as (
+    update {schema}._private_job_queues as queues
+    set locked_by = null, locked_at = null
+    where queues.locked_by = %(worker_id)s::text
+    returning queues.id
+)
+select
+    (select count(*) from returned) as jobs,
+    (select count(*) from unlocked_queues) as queues
+"""
+
+# Release locks held for more than 4 hours by workers that crashed, in one statement.
+# A released job may run at once, so its run_at moves up to now when it lies in the past.
+_RELEASE_STALE_LOCKS = """
+with stale_jobs as (
+    update {schema}._private_jobs as jobs
+    set locked_at = null, locked_by = null, run_at = greatest(jobs.run_at, now())
+    where jobs.locked_at < now() - interval '4 hours'
+    returning jobs.id
+),
+stale_queues as (
+    update {schema}._private_job_queues as queues
+    set locked_at = null, locked_by = null
+    where queues.locked_at < now() - interval '4 hours'
+    returning queues.id
+)
+select
+    (select count(*) from stale_jobs) as jobs,
+    (select count(*) from stale_queues) as queues
+"""
+
+
+@cache
+def queries_for(schema: str) -> Queries:
+    """Return the statements for ``schema``, built once."""
+    return Queries(
+        schema=schema,
+        add_job=_render(_ADD_JOB, schema),
+        add_jobs=_render(_ADD_JOBS, schema),
+        task_ids=_render(_TASK_IDS, schema),
+        insert_missing_tasks=_render(_INSERT_MISSING_TASKS, schema),
+        fetch_job=_render(_FETCH_JOB.replace("{flags_filter}", ""), schema),
+        fetch_job_with_flags=_render(_FETCH_JOB.replace("{flags_filter}", _FLAGS_FILTER), schema),
+        complete_job=_render(_COMPLETE_JOB, schema),
+        complete_queued_job=_render(_COMPLETE_QUEUED_JOB, schema),
+        fail_job=_render(_FAIL_JOB, schema),
+        return_jobs=_render(_RETURN_JOBS, schema),
+        unlock_worker=_render(_UNLOCK_WORKER, schema),
+        release_stale_locks=_render(_RELEASE_STALE_LOCKS, schema),
+    )
