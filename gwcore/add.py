@@ -108,7 +108,7 @@ async def add_job_spec(
                 await cursor.execute(statement, params)
                 row = await cursor.fetchone()
             if row is not None and row["id"] is not None:
-                return _job_from_row(row)
+                return _job_from_spec(row, scheduled)
             await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
     raise _contention_error(scheduled)
 
@@ -135,19 +135,27 @@ async def add_jobs(
     if not scheduled:
         return []
 
-    statement = queries_for(schema).add_jobs
-    jobs: list[Job] = []
+    queries = queries_for(schema)
+    written: list[dict[str, Any]] = []
     pending = scheduled
     async with _async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(statement, _add_jobs_params(pending, job_key_preserve_run_at))
-                rows = await cursor.fetchall()
-            pending = _collect_rows(rows, pending, jobs)
+                await cursor.execute(queries.add_jobs, _add_jobs_params(pending, job_key_preserve_run_at))
+                written += await cursor.fetchall()
+            pending = _unwritten(written, pending)
             if not pending:
-                return jobs
+                break
             await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
-    raise _contention_error(pending[0])
+        else:
+            raise _contention_error(pending[0])
+
+        names = _names_from_specs(scheduled, written)
+        if names is None:
+            async with conn.cursor() as cursor:
+                await cursor.execute(queries.task_and_queue_names, _name_lookup_params(written))
+                names = _names_from_lookup(await cursor.fetchall())
+    return _jobs_from_rows(written, names)
 
 
 @asynccontextmanager
@@ -224,7 +232,7 @@ def add_job_spec_sync(
                 cursor.execute(statement, params)
                 row = cursor.fetchone()
             if row is not None and row["id"] is not None:
-                return _job_from_row(row)
+                return _job_from_spec(row, scheduled)
             time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
     raise _contention_error(scheduled)
 
@@ -244,19 +252,27 @@ def add_jobs_sync(
     if not scheduled:
         return []
 
-    statement = queries_for(schema).add_jobs
-    jobs: list[Job] = []
+    queries = queries_for(schema)
+    written: list[dict[str, Any]] = []
     pending = scheduled
     with _sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             with conn.cursor(row_factory=dict_row) as cursor:
-                cursor.execute(statement, _add_jobs_params(pending, job_key_preserve_run_at))
-                rows = cursor.fetchall()
-            pending = _collect_rows(rows, pending, jobs)
+                cursor.execute(queries.add_jobs, _add_jobs_params(pending, job_key_preserve_run_at))
+                written += cursor.fetchall()
+            pending = _unwritten(written, pending)
             if not pending:
-                return jobs
+                break
             time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
-    raise _contention_error(pending[0])
+        else:
+            raise _contention_error(pending[0])
+
+        names = _names_from_specs(scheduled, written)
+        if names is None:
+            with conn.cursor() as cursor:
+                cursor.execute(queries.task_and_queue_names, _name_lookup_params(written))
+                names = _names_from_lookup(cursor.fetchall())
+    return _jobs_from_rows(written, names)
 
 
 @contextmanager
@@ -333,18 +349,55 @@ def _add_jobs_params(specs: Sequence[JobSpec], preserve_run_at: bool) -> dict[st
     return {"specs": json.dumps(rows, separators=(",", ":")), "preserve_run_at": preserve_run_at}
 
 
-def _collect_rows(rows: Sequence[dict[str, Any]], pending: list[JobSpec], jobs: list[Job]) -> list[JobSpec]:
-    """Add the written rows to ``jobs`` and return the keyed specs that were not written."""
-    written_keys = set()
-    for row in rows:
-        jobs.append(_job_from_row(row))
-        if row["key"] is not None:
-            written_keys.add(row["key"])
+def _unwritten(rows: Sequence[dict[str, Any]], pending: list[JobSpec]) -> list[JobSpec]:
+    """Return the keyed specs of ``pending`` that no row in ``rows`` was written for."""
+    written_keys = {row["key"] for row in rows if row["key"] is not None}
     return [spec for spec in pending if spec.job_key is not None and spec.job_key not in written_keys]
 
 
-def _job_from_row(row: dict[str, Any]) -> Job:
-    return Job.from_row(row, task_identifier=row["task_identifier"], queue_name=row["queue_name"])
+# Task identifiers by task id and queue names by queue id.
+_Names = tuple[dict[int, str], dict[int, str]]
+
+
+def _names_from_specs(specs: Sequence[JobSpec], rows: Sequence[dict[str, Any]]) -> _Names | None:
+    """Return the names when the batch has one task and one queue name; None means look them up."""
+    identifiers = {spec.identifier for spec in specs}
+    queue_names = {spec.queue_name for spec in specs}
+    if len(identifiers) != 1 or len(queue_names) != 1:
+        return None
+    identifier, queue_name = identifiers.pop(), queue_names.pop()
+    tasks = {int(row["task_id"]): identifier for row in rows}
+    queues = {int(row["job_queue_id"]): queue_name for row in rows if row["job_queue_id"] is not None}
+    return tasks, queues  # type: ignore[return-value]  # queue_name is a str when a row has a queue id
+
+
+def _name_lookup_params(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "task_ids": sorted({row["task_id"] for row in rows}),
+        "queue_ids": sorted({row["job_queue_id"] for row in rows if row["job_queue_id"] is not None}),
+    }
+
+
+def _names_from_lookup(rows: Sequence[tuple[Any, ...]]) -> _Names:
+    tasks = {int(row[1]): str(row[2]) for row in rows if row[0] == "task"}
+    queues = {int(row[1]): str(row[2]) for row in rows if row[0] == "queue"}
+    return tasks, queues
+
+
+def _jobs_from_rows(rows: Sequence[dict[str, Any]], names: _Names) -> list[Job]:
+    tasks, queues = names
+    return [
+        Job.from_row(
+            row,
+            task_identifier=tasks.get(row["task_id"]) or "",
+            queue_name=queues.get(row["job_queue_id"]) if row["job_queue_id"] is not None else None,
+        )
+        for row in rows
+    ]
+
+
+def _job_from_spec(row: dict[str, Any], spec: JobSpec) -> Job:
+    return Job.from_row(row, task_identifier=spec.identifier, queue_name=spec.queue_name)
 
 
 def _contention_error(spec: JobSpec) -> JobKeyContentionError:

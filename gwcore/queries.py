@@ -23,6 +23,7 @@ class Queries:
     schema: str
     add_job: sql.Composed
     add_jobs: sql.Composed
+    task_and_queue_names: sql.Composed
     task_ids: sql.Composed
     insert_missing_tasks: sql.Composed
     fetch_job: sql.Composed
@@ -37,8 +38,10 @@ class Queries:
 
 # Add one job through graphile-worker's own SQL function, so job keys behave exactly as theirs.
 # The function returns a row of nulls when a keyed job could not be written under contention.
+# A task or queue row that the function inserts is invisible to this statement's snapshot, so
+# the caller fills in the task identifier and queue name from what it passed.
 _ADD_JOB = """
-select jobs.*, tasks.identifier as task_identifier, queues.queue_name
+select jobs.*
 from {schema}.add_job(
     identifier => %(identifier)s::text,
     payload => %(payload)s::json,
@@ -50,13 +53,11 @@ from {schema}.add_job(
     flags => %(flags)s::text[],
     job_key_mode => coalesce(%(job_key_mode)s::text, 'replace')
 ) as jobs
-left join {schema}._private_tasks as tasks on tasks.id = jobs.task_id
-left join {schema}._private_job_queues as queues on queues.id = jobs.job_queue_id
 """
 
 # Add a batch of jobs in one round trip through graphile-worker's add_jobs.
 _ADD_JOBS = """
-select jobs.*, tasks.identifier as task_identifier, queues.queue_name
+select jobs.*
 from {schema}.add_jobs(
     (
         select array_agg(
@@ -78,8 +79,15 @@ from {schema}.add_jobs(
     ),
     %(preserve_run_at)s::boolean
 ) as jobs
-left join {schema}._private_tasks as tasks on tasks.id = jobs.task_id
-left join {schema}._private_job_queues as queues on queues.id = jobs.job_queue_id
+"""
+
+# Names of the tasks and queues of a batch, when its rows cannot be matched to the specs alone.
+_TASK_AND_QUEUE_NAMES = """
+select 'task' as kind, id, identifier as name
+from {schema}._private_tasks where id = any(%(task_ids)s::int[])
+union all
+select 'queue', id, queue_name
+from {schema}._private_job_queues where id = any(%(queue_ids)s::int[])
 """
 
 _TASK_IDS = """
@@ -242,6 +250,7 @@ def queries_for(schema: str) -> Queries:
         schema=schema,
         add_job=_render(_ADD_JOB, schema),
         add_jobs=_render(_ADD_JOBS, schema),
+        task_and_queue_names=_render(_TASK_AND_QUEUE_NAMES, schema),
         task_ids=_render(_TASK_IDS, schema),
         insert_missing_tasks=_render(_INSERT_MISSING_TASKS, schema),
         fetch_job=_render(_FETCH_JOB.replace("{flags_filter}", ""), schema),
