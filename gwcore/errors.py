@@ -33,9 +33,9 @@ class SchemaError(GwError):
 
 
 class SchemaTooNewError(SchemaError):
-    """The database has a breaking migration newer than this gwcore knows.
+    """The database has a breaking migration newer than the ones this gwcore ships.
 
-    Running against such a schema could corrupt jobs, so the worker refuses to
+    Running against such a schema could corrupt jobs, so the worker does not
     start. The CLI exits with `EXIT_CODE` for this error.
     """
 

@@ -7,7 +7,7 @@ awaitable, so both work for every hook.
 
 There are two kinds of hooks:
 
-- Observers are told that something happened. Their return value is ignored,
+- Observers receive a notice that something happened. Their return value is ignored,
   and an exception they raise is logged with the plugin's name and otherwise
   ignored, so a broken observer never affects a job or the other plugins.
 - Interceptors can change what happens next. They run as a chain in pluggy's
@@ -55,7 +55,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def gw_worker_init(ctx: WorkerInitContext) -> None:
-    """Observer. Fires once when a `Worker` is created, before it connects.
+    """Observer. Fires each time a `Worker` starts to run, before it connects.
 
     ``ctx.database`` describes the connection (the password masked),
     ``ctx.schema`` is the graphile-worker schema and ``ctx.concurrency`` the
@@ -108,8 +108,8 @@ def gw_before_job_run(ctx: BeforeJobRunContext) -> Any:
     exception raised here fails the job with that exception.
 
     Implementations run in the job's own asyncio task, so a context variable
-    set here (a tracing span, fields for log records) is seen by the task and
-    by ``gw_after_job_run``; reset it there.
+    set here (a tracing span, fields for log records) is visible to the task
+    and to ``gw_after_job_run``. Reset it there.
     """
 
 
@@ -122,7 +122,7 @@ def gw_job_start(ctx: JobStartContext) -> None:
 def gw_after_job_run(ctx: AfterJobRunContext) -> Any:
     """Interceptor. Fires after the task returned or raised, before the outcome is written.
 
-    ``ctx.result`` holds the task's return value or its exception, and
+    ``ctx.result`` contains the task's return value or its exception, and
     ``ctx.duration`` the seconds the task ran. Return ``None`` or
     ``HookResult.CONTINUE`` to keep the outcome, ``HookResult.SKIP`` to mark
     the job done even if the task raised, or ``HookResult.fail(reason)`` to
@@ -165,7 +165,7 @@ def gw_job_interrupted(ctx: JobInterruptedContext) -> None:
     """Observer. Fires when shutdown stopped a running job and handed it back unlocked.
 
     The attempt that was interrupted is not counted, so the job runs again
-    later with the attempts it had. ``ctx.reason`` says why (``"shutdown"``).
+    later with the attempts it had. ``ctx.reason`` is the cause (``"shutdown"``).
     The return value is ignored.
     """
 
@@ -180,7 +180,7 @@ def gw_before_job_schedule(ctx: BeforeJobScheduleContext) -> Any:
     """Interceptor. Fires for every job added from Python (the API, a task's ``add_job`` and the CLI).
 
     ``ctx.identifier`` names the task, ``ctx.payload`` is the payload as the
-    previous implementation left it and ``ctx.spec`` holds the other options.
+    previous implementation left it and ``ctx.spec`` contains the other options.
     Return ``None`` to keep the payload, ``JobScheduleResult.continue_with(payload)``
     to replace it for the next implementation and the insert,
     ``JobScheduleResult.SKIP`` to insert nothing (``add_job`` returns ``None``;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,10 @@ MAX_QUEUE_NAME_LENGTH = 128
 MAX_JOB_KEY_LENGTH = 512
 SMALLINT_MIN = -32768
 SMALLINT_MAX = 32767
+
+# A NUL that json.dumps escaped: "\u0000" after an even number of backslashes, so that an escaped
+# backslash followed by the text "u0000" does not match.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ def payload_to_json(payload: Any) -> str:
             f"payload is invalid: {error}. A payload must be made of dict, list, str, "
             "int, float, bool and None; convert other values (dates, decimals, bytes) first."
         ) from error
-    if "\\u0000" in text:
+    if _ESCAPED_NUL.search(text):
         raise ValidationError(
             "payload is invalid: it contains a NUL character (\\u0000), which PostgreSQL "
             "cannot store in json; remove it or encode the data (for example as base64)."

@@ -45,8 +45,8 @@ def retry_delay(failures: int) -> float:
 class JobListener:
     """Calls ``on_jobs(count)`` for each notification and ``on_connect()`` after each (re)connect.
 
-    ``on_connect`` lets the worker fetch at once, because jobs added while
-    the connection was down sent their notifications to nobody.
+    ``on_connect`` lets the worker fetch at once, because the notifications
+    of jobs added while the connection was down were lost.
     """
 
     def __init__(

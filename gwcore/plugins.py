@@ -151,8 +151,8 @@ class PluginManager(pluggy.PluginManager):
         """Do what `schedule` does, for the sync API.
 
         An ``async def`` implementation runs in a new event loop, which is only
-        possible when this thread runs no event loop; otherwise `PluginError`
-        asks for the async API.
+        possible when this thread runs no event loop. Otherwise it raises
+        `PluginError`, which points to the async API.
         """
         for call in self.calls("gw_before_job_schedule"):
             ctx = BeforeJobScheduleContext(identifier=spec.identifier, payload=spec.payload, spec=spec)

@@ -105,7 +105,7 @@ where not exists (
 on conflict do nothing
 """
 
-# Lock the next runnable job for this worker. A named queue is taken only while nobody holds it,
+# Lock the next runnable job for this worker. A named queue is taken only while no worker locks it,
 # and is locked together with its job so that the queue runs one job at a time across all workers.
 # Order: priority, then run_at, then id as a stable FIFO tie-break.
 _FETCH_JOB = """

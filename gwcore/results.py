@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 
 class Outcome(Enum):
-    """What an interceptor chain decided."""
+    """Decision of an interceptor chain."""
 
     CONTINUE = "continue"
     SKIP = "skip"

@@ -96,7 +96,7 @@ class TaskRegistry(Mapping[str, TaskFunction]):
         """Import ``module_name`` and register the tasks it decorated with `gwcore.task`.
 
         Tasks that the module registers in the default registry are copied
-        into this one, so a worker sees them.
+        into this one, so that a worker using this registry runs them.
         """
         before = set(default_registry)
         try:

@@ -5,7 +5,7 @@ Enable them in a test suite with ``pytest_plugins = ["gwcore.testing"]`` in
 
 The database comes from ``GW_TEST_DATABASE_URL`` when it is set. Otherwise the
 fixtures try ``postgresql://postgres@127.0.0.1:5432/test`` and, when no server
-answers there, start an embedded PostgreSQL (the ``embedded`` extra) in a
+accepts connections there, start an embedded PostgreSQL (the ``embedded`` extra) in a
 temporary folder for the test session. Each test that uses ``gw_schema`` gets a
 schema of its own, migrated before the test and dropped after it.
 """

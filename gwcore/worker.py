@@ -69,7 +69,7 @@ OUTCOME_WRITE_DEADLINE = 30.0
 
 
 class JobFailure(Exception):
-    """A job failed because a hook said so, not because its task raised."""
+    """A job failed because a hook returned a failure, not because its task raised."""
 
 
 @dataclass
@@ -254,8 +254,20 @@ class Worker:
 
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gwcore-task")
         if self._listen:
-            self._listener = JobListener(self._conninfo, on_jobs=self._wake, on_connect=self._wake_all)
+            self._listener = JobListener(
+                self._conninfo,
+                on_jobs=self._wake,
+                on_connect=self._wake_all,
+                connect_kwargs=self._listener_connect_kwargs(),
+            )
             self._listener.start()
+
+    def _listener_connect_kwargs(self) -> dict[str, Any]:
+        """Return the connection options of a given pool (a password, say) for the LISTEN connection."""
+        options = self._given_pool.kwargs if self._given_pool is not None else None
+        if not isinstance(options, dict):
+            return {}  # NOTE: options given as a callable are not passed on to the LISTEN connection.
+        return {key: value for key, value in options.items() if key != "autocommit"}
 
     async def _load_task_ids(self) -> None:
         identifiers = list(self.tasks)

@@ -28,9 +28,7 @@ def _first_line(error: BaseException) -> str:
 
 @hookimpl
 def gw_job_complete(ctx: JobCompleteContext) -> None:
-    logger.info(
-        "completed %s job %d in %.1f ms", ctx.job.task_identifier, ctx.job.id, ctx.duration * 1000
-    )
+    logger.info("completed %s job %d in %.1f ms", ctx.job.task_identifier, ctx.job.id, ctx.duration * 1000)
 
 
 @hookimpl

@@ -4,7 +4,7 @@ import asyncio
 
 
 async def task(payload, ctx):
-    await asyncio.sleep(0.05)  # stands in for a call to a mail server
+    await asyncio.sleep(0.05)  # simulates a call to a mail server
     ctx.logger.info("sent email to %s: %s", payload["to"], payload.get("subject", "(no subject)"))
     if payload.get("follow_up"):
         await ctx.add_job("send_email", {"to": payload["to"], "subject": "Following up"})
