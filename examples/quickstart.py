@@ -41,12 +41,13 @@ async def main() -> None:
         await gwcore.add_job(
             conn, "send_email", {"to": "ada@example.com", "subject": "Welcome", "follow_up": True}
         )
+        # A named queue runs its jobs one at a time, in the order they were added.
+        for month in ("01", "02", "03"):
+            await gwcore.add_job(conn, "reports/generate", {"name": f"monthly-{month}"}, queue_name="reports")
+        # add_jobs adds a batch in one round trip.
         await gwcore.add_jobs(
             conn,
-            [
-                gwcore.JobSpec.create("reports/generate", {"name": f"monthly-{month}"}, queue_name="reports")
-                for month in ("01", "02", "03")
-            ],
+            [gwcore.JobSpec.create("send_email", {"to": f"user{n}@example.com"}) for n in range(3)],
         )
         await gwcore.add_job(conn, "send_email", {"to": "grace@example.com"}, priority=-1)
         await gwcore.add_job(conn, "flaky", {}, job_key="flaky-demo")

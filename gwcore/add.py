@@ -171,7 +171,7 @@ async def _async_connection(target: AsyncTarget) -> AsyncIterator[psycopg.AsyncC
     else:
         raise ValidationError(
             f"target is invalid: {target!r}; the async API takes a psycopg AsyncConnection, "
-            "an AsyncConnectionPool or a connection string (use gwcore.sync for sync connections)."
+            "an AsyncConnectionPool or a connection string (use gwcore.add_job_sync for sync connections)."
         )
 
 

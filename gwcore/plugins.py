@@ -69,6 +69,15 @@ class PluginManager(pluggy.PluginManager):
             )
         return options
 
+    def get_canonical_name(self, plugin: object) -> str:
+        """Name a plugin by its module or class name, so that messages show a readable name."""
+        name = getattr(plugin, "__name__", None)
+        if not isinstance(name, str):
+            name = type(plugin).__qualname__
+        if self.has_plugin(name) and self.get_plugin(name) is not plugin:
+            name = f"{name}-{id(plugin):x}"
+        return name
+
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self._calls.clear()
         try:

@@ -186,12 +186,25 @@ unlocked_queue as (
 select * from failed
 """
 
-# Hand jobs back unlocked without counting the attempt that the fetch added.
+# Hand jobs back unlocked without counting the attempt that the fetch added. A job whose key
+# changed while it ran was detached by add_job or remove_job (key cleared, attempts set to
+# max_attempts so that it never runs again), so it keeps its attempts.
 _RETURN_JOBS = """
-with returned as (
+with fetched as (
+    select *
+    from unnest(%(job_ids)s::bigint[], %(keys)s::text[]) as fetched(id, key)
+),
+returned as (
     update {schema}._private_jobs as jobs
-    set attempts = greatest(0, jobs.attempts - 1), locked_by = null, locked_at = null
-    where jobs.id = any(%(job_ids)s::bigint[]) and jobs.locked_by = %(worker_id)s::text
+    set
+        attempts = case
+            when jobs.key is not distinct from fetched.key then greatest(0, jobs.attempts - 1)
+            else jobs.attempts
+        end,
+        locked_by = null,
+        locked_at = null
+    from fetched
+    where jobs.id = fetched.id and jobs.locked_by = %(worker_id)s::text
     returning jobs.id, jobs.job_queue_id
 ),
 unlocked_queues as (
@@ -203,18 +216,25 @@ unlocked_queues as (
 select id from returned
 """
 
-# Last step of every shutdown: nothing may stay locked by this worker id.
+# Last step of every shutdown: nothing may stay locked by this worker id, except the jobs in
+# keep_locked, whose outcome is known but could not be written. Jobs reach this statement only
+# when the worker lost track of them (a fetch whose reply never arrived), so none ran.
 _UNLOCK_WORKER = """
 with returned as (
     update {schema}._private_jobs as jobs
     set attempts = greatest(0, jobs.attempts - 1), locked_by = null, locked_at = null
-    where jobs.locked_by = %(worker_id)s::text
-    returning jobs.id
+    where jobs.locked_by = %(worker_id)s::text and not (jobs.id = any(%(keep_locked)s::bigint[]))
+    returning jobs.id, jobs.job_queue_id
 ),
 unlocked_queues as (
     update {schema}._private_job_queues as queues
     set locked_by = null, locked_at = null
     where queues.locked_by = %(worker_id)s::text
+    and not exists (
+        select 1
+        from {schema}._private_jobs as kept
+        where kept.id = any(%(keep_locked)s::bigint[]) and kept.job_queue_id = queues.id
+    )
     returning queues.id
 )
 select

@@ -71,8 +71,14 @@ class TaskRegistry(Mapping[str, TaskFunction]):
     def task(self, identifier: str | None = None) -> Callable[[F], F]:
         """Decorate a function to register it, under ``identifier`` or its own name."""
 
+        if callable(identifier):
+            raise ValidationError(
+                "registry.task must be called: write @registry.task() or @registry.task('name'), "
+                "not @registry.task."
+            )
+
         def register(function: F) -> F:
-            self.add(identifier or function.__name__, function)
+            self.add(function.__name__ if identifier is None else identifier, function)
             return function
 
         return register
@@ -84,12 +90,14 @@ class TaskRegistry(Mapping[str, TaskFunction]):
     def load(self, source: str) -> list[str]:
         """Load tasks from a directory path or a dotted module name and return their identifiers.
 
-        A value that names an existing directory, or contains a path
-        separator, is read as a directory; anything else is imported as a module.
+        A value that contains a path separator, starts with ``.`` or ``~``, or
+        names an existing directory that is not a Python package is read as a
+        directory. Anything else, a package's name included, is imported as a module.
         """
         path = Path(source)
-        if path.is_dir() or "/" in source or source.startswith("."):
-            return self.load_directory(path)
+        is_package = (path / "__init__.py").is_file()
+        if "/" in source or source.startswith((".", "~")) or (path.is_dir() and not is_package):
+            return self.load_directory(path.expanduser())
         return self.load_module(source)
 
     def load_module(self, module_name: str) -> list[str]:
@@ -128,21 +136,23 @@ class TaskRegistry(Mapping[str, TaskFunction]):
         if not root.is_dir():
             raise TaskLoadError(f"task directory {str(directory)!r} does not exist or is not a folder.")
 
-        added: list[str] = []
+        # Import every file and check every identifier before registering any, so that a
+        # failure leaves this registry as it was.
+        loaded: dict[str, TaskFunction] = {}
         for file in sorted(root.rglob("*.py")):
             relative = file.relative_to(root)
             if file.name.startswith("_") or any(part.startswith((".", "_")) for part in relative.parts):
                 continue
             identifier = relative.with_suffix("").as_posix()
-            function = _load_task_file(file, identifier)
-            self.add(identifier, function)
-            added.append(identifier)
-        if not added:
+            loaded[identifier] = _load_task_file(file, identifier)
+        if not loaded:
             raise TaskLoadError(
                 f"task directory {str(directory)!r} contains no task: add a file such as "
                 "send_email.py that defines a function named 'task'."
             )
-        return added
+        TaskRegistry(self).update(loaded)
+        self._tasks.update(loaded)
+        return list(loaded)
 
 
 def _load_task_file(file: Path, identifier: str) -> TaskFunction:

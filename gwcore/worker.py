@@ -78,7 +78,6 @@ class _RunningJob:
     abort_signal: threading.Event = field(default_factory=threading.Event)
     task_call: asyncio.Future[Any] | None = None
     interrupted: bool = False
-    outcome_unwritten: bool = False
 
 
 class Worker:
@@ -141,6 +140,7 @@ class Worker:
         self._task_names: dict[int, str] = {}
         self._running: dict[int, _RunningJob] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._unwritten_outcomes: set[int] = set()
         self._idle_slots: deque[asyncio.Future[None]] = deque()
         self._stopping = False
         self._stop_requested: asyncio.Event | None = None
@@ -506,7 +506,6 @@ class Worker:
         seconds and leaves the job locked, so that it is recovered rather than
         run twice.
         """
-        running.outcome_unwritten = True
         failures = 0
         deadline: float | None = None
         while True:
@@ -519,7 +518,6 @@ class Worker:
                             written: Any = row or False
                         else:
                             written = cursor.rowcount > 0
-                running.outcome_unwritten = False
                 if not written:
                     logger.warning(
                         "job %d was no longer locked by worker %s, so its outcome was not written",
@@ -538,6 +536,7 @@ class Worker:
                         error,
                         self.worker_id,
                     )
+                    self._unwritten_outcomes.add(running.job.id)
                     return False
                 delay = retry_delay(failures)
                 failures += 1
@@ -554,7 +553,8 @@ class Worker:
         try:
             async with self.pool.connection() as conn:
                 await conn.execute(
-                    self._queries.return_jobs, {"job_ids": [job.id], "worker_id": self.worker_id}
+                    self._queries.return_jobs,
+                    {"job_ids": [job.id], "keys": [job.key], "worker_id": self.worker_id},
                 )
         except (psycopg.Error, PoolTimeout) as error:
             logger.error("handing back interrupted job %d failed: %s", job.id, error)
@@ -655,7 +655,10 @@ class Worker:
             return
         try:
             async with self._pool.connection(timeout=10) as conn:
-                cursor = await conn.execute(self._queries.unlock_worker, {"worker_id": self.worker_id})
+                cursor = await conn.execute(
+                    self._queries.unlock_worker,
+                    {"worker_id": self.worker_id, "keep_locked": sorted(self._unwritten_outcomes)},
+                )
                 row = await cursor.fetchone()
         except (psycopg.Error, PoolTimeout) as error:
             logger.error(

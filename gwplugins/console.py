@@ -1,6 +1,6 @@
 """Console reporter: one log line per job outcome, with task, job id and duration.
 
-Registered as ``console``; block it with ``-p no:console`` or
+Registered as ``console``; block it with
 ``create_plugin_manager(blocked=["console"])``. Lines go to the standard
 ``logging`` logger ``gwcore.console``, so the application's logging
 configuration decides where they appear.

@@ -3,7 +3,8 @@
 Registered as ``lock_sweep``. While a worker runs, the plugin calls
 `gwcore.release_stale_locks` once at start and then every 8 to 10 minutes,
 at a random point so that many workers do not sweep at the same moment.
-Block it with ``-p no:lock_sweep`` when another process does the sweeping.
+Block it with ``create_plugin_manager(blocked=["lock_sweep"])`` when another
+process does the sweeping.
 """
 
 from __future__ import annotations
