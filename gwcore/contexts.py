@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 ShutdownReason = Literal["signal", "graceful", "error"]
 MASK = "********"
+# libpq parameters whose values are secrets.
+SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,15 @@ def mask_password(conninfo: str) -> str:
         masked = urlunsplit(parts._replace(netloc=netloc))
         if "password=" in parts.query:
             query = "&".join(
-                f"password={MASK}" if item.startswith("password=") else item
+                f"{item.partition('=')[0]}={MASK}" if item.partition("=")[0] in SECRET_PARAMETERS else item
                 for item in parts.query.split("&")
             )
             masked = urlunsplit(parts._replace(netloc=netloc, query=query))
         return masked
     params = conninfo_to_dict(conninfo)
-    if "password" in params:
-        params["password"] = MASK
+    for name in SECRET_PARAMETERS:
+        if name in params:
+            params[name] = MASK
     return make_conninfo("", **params)
 
 

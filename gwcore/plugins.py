@@ -271,7 +271,15 @@ def create_plugin_manager(
 
 def _register_entry_points(manager: PluginManager) -> None:
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        if manager.is_blocked(entry_point.name) or manager.has_plugin(entry_point.name):
+        if manager.is_blocked(entry_point.name):
+            continue
+        if manager.has_plugin(entry_point.name):
+            logger.warning(
+                "plugin entry point %r (%s) was not loaded: a plugin with that name is already "
+                "registered; rename the entry point",
+                entry_point.name,
+                entry_point.value,
+            )
             continue
         source = f"entry point {entry_point.name!r} ({entry_point.value})"
         if entry_point.dist is not None:

@@ -12,6 +12,7 @@ defines a function named ``task`` for the identifier ``send_email`` and
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -156,7 +157,9 @@ class TaskRegistry(Mapping[str, TaskFunction]):
 
 
 def _load_task_file(file: Path, identifier: str) -> TaskFunction:
-    module_name = "gwcore_tasks." + identifier.replace("/", ".").replace("-", "_")
+    # The folder's hash keeps two task folders with the same file names apart in sys.modules.
+    folder = hashlib.sha1(str(file.parent).encode()).hexdigest()[:8]
+    module_name = f"gwcore_tasks_{folder}." + identifier.replace("/", ".").replace("-", "_")
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
         raise TaskLoadError(f"task file {str(file)!r} could not be loaded as a Python module.")
