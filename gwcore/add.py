@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from gwcore.errors import GwError, ValidationError
 from gwcore.job import Job, JobSpec
 from gwcore.plugins import PluginManager, default_plugin_manager
-from gwcore.queries import queries_for
+from gwcore.queries import Queries, queries_for
 
 logger = logging.getLogger("gwcore.add")
 
@@ -138,24 +138,54 @@ async def add_jobs(
     queries = queries_for(schema)
     written: list[dict[str, Any]] = []
     pending = scheduled
+    names: _Names = ({}, {})
+    owned = not isinstance(target, psycopg.AsyncConnection)
     async with _async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
-            async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(queries.add_jobs, _add_jobs_params(pending, job_key_preserve_run_at))
-                written += await cursor.fetchall()
-            pending = _unwritten(written, pending)
-            if not pending:
-                break
+            try:
+                rows, name_rows = await _insert_batch(
+                    conn,
+                    queries,
+                    pending,
+                    job_key_preserve_run_at,
+                    own_transaction=owned and not conn.autocommit,
+                )
+                written += rows
+                names = _merge_names(names, name_rows)
+            except psycopg.errors.DeadlockDetected:
+                if not (owned or conn.autocommit):
+                    raise  # the caller's transaction is aborted; only the caller can retry it
+                logger.debug("a batch of %d job(s) hit a deadlock; retrying it", len(pending))
+            else:
+                pending = _unwritten(written, pending)
+                if not pending:
+                    break
             await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
         else:
             raise _contention_error(pending[0])
-
-        names = _names_from_specs(scheduled, written)
-        if names is None:
-            async with conn.cursor() as cursor:
-                await cursor.execute(queries.task_and_queue_names, _name_lookup_params(written))
-                names = _names_from_lookup(await cursor.fetchall())
     return _jobs_from_rows(written, names)
+
+
+async def _insert_batch(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    specs: Sequence[JobSpec],
+    preserve_run_at: bool,
+    *,
+    own_transaction: bool,
+) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """Insert a batch and look up the ids of its tasks and queues, in one round trip.
+
+    With ``own_transaction``, a failure rolls the batch back so that it can be tried again.
+    """
+    if own_transaction:
+        async with conn.transaction():
+            return await _insert_batch(conn, queries, specs, preserve_run_at, own_transaction=False)
+    async with conn.cursor(row_factory=dict_row) as insert, conn.cursor() as lookup:
+        async with conn.pipeline():
+            await insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))
+            await lookup.execute(queries.task_and_queue_names, _name_lookup_params(specs))
+        return await insert.fetchall(), await lookup.fetchall()
 
 
 @asynccontextmanager
@@ -255,24 +285,54 @@ def add_jobs_sync(
     queries = queries_for(schema)
     written: list[dict[str, Any]] = []
     pending = scheduled
+    names: _Names = ({}, {})
+    owned = not isinstance(target, psycopg.Connection)
     with _sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
-            with conn.cursor(row_factory=dict_row) as cursor:
-                cursor.execute(queries.add_jobs, _add_jobs_params(pending, job_key_preserve_run_at))
-                written += cursor.fetchall()
-            pending = _unwritten(written, pending)
-            if not pending:
-                break
+            try:
+                rows, name_rows = _insert_batch_sync(
+                    conn,
+                    queries,
+                    pending,
+                    job_key_preserve_run_at,
+                    own_transaction=owned and not conn.autocommit,
+                )
+                written += rows
+                names = _merge_names(names, name_rows)
+            except psycopg.errors.DeadlockDetected:
+                if not (owned or conn.autocommit):
+                    raise  # the caller's transaction is aborted; only the caller can retry it
+                logger.debug("a batch of %d job(s) hit a deadlock; retrying it", len(pending))
+            else:
+                pending = _unwritten(written, pending)
+                if not pending:
+                    break
             time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
         else:
             raise _contention_error(pending[0])
-
-        names = _names_from_specs(scheduled, written)
-        if names is None:
-            with conn.cursor() as cursor:
-                cursor.execute(queries.task_and_queue_names, _name_lookup_params(written))
-                names = _names_from_lookup(cursor.fetchall())
     return _jobs_from_rows(written, names)
+
+
+def _insert_batch_sync(
+    conn: psycopg.Connection[Any],
+    queries: Queries,
+    specs: Sequence[JobSpec],
+    preserve_run_at: bool,
+    *,
+    own_transaction: bool,
+) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """Insert a batch and look up the ids of its tasks and queues, in one round trip.
+
+    With ``own_transaction``, a failure rolls the batch back so that it can be tried again.
+    """
+    if own_transaction:
+        with conn.transaction():
+            return _insert_batch_sync(conn, queries, specs, preserve_run_at, own_transaction=False)
+    with conn.cursor(row_factory=dict_row) as insert, conn.cursor() as lookup:
+        with conn.pipeline():
+            insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))
+            lookup.execute(queries.task_and_queue_names, _name_lookup_params(specs))
+        return insert.fetchall(), lookup.fetchall()
 
 
 @contextmanager
@@ -313,12 +373,23 @@ def _add_job_params(spec: JobSpec) -> dict[str, Any]:
 
 def _check_batch(specs: Sequence[JobSpec], preserve_run_at: bool) -> list[JobSpec]:
     batch = list(specs)
+    keys: dict[str, int] = {}
     for index, spec in enumerate(batch):
         if not isinstance(spec, JobSpec):
             raise ValidationError(
                 f"specs[{index}] is invalid: {spec!r}; build each job with gwcore.JobSpec.create(...)."
             )
-        spec.validate()
+        try:
+            spec.validate()
+        except ValidationError as error:
+            raise ValidationError(f"specs[{index}].{error}") from error
+        if spec.job_key is not None:
+            if spec.job_key in keys:
+                raise ValidationError(
+                    f"specs[{index}].job_key is invalid: {spec.job_key!r} is also the key of "
+                    f"specs[{keys[spec.job_key]}]; one batch can hold each key once, so merge the two."
+                )
+            keys[spec.job_key] = index
         if spec.job_key_mode == "unsafe_dedupe":
             raise ValidationError(
                 f"specs[{index}].job_key_mode is invalid: 'unsafe_dedupe' is not supported in a "
@@ -359,28 +430,17 @@ def _unwritten(rows: Sequence[dict[str, Any]], pending: list[JobSpec]) -> list[J
 _Names = tuple[dict[int, str], dict[int, str]]
 
 
-def _names_from_specs(specs: Sequence[JobSpec], rows: Sequence[dict[str, Any]]) -> _Names | None:
-    """Return the names when the batch has one task and one queue name; None means look them up."""
-    identifiers = {spec.identifier for spec in specs}
-    queue_names = {spec.queue_name for spec in specs}
-    if len(identifiers) != 1 or len(queue_names) != 1:
-        return None
-    identifier, queue_name = identifiers.pop(), queue_names.pop()
-    tasks = {int(row["task_id"]): identifier for row in rows}
-    queues = {int(row["job_queue_id"]): queue_name for row in rows if row["job_queue_id"] is not None}
-    return tasks, queues  # type: ignore[return-value]  # queue_name is a str when a row has a queue id
-
-
-def _name_lookup_params(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _name_lookup_params(specs: Sequence[JobSpec]) -> dict[str, Any]:
     return {
-        "task_ids": sorted({row["task_id"] for row in rows}),
-        "queue_ids": sorted({row["job_queue_id"] for row in rows if row["job_queue_id"] is not None}),
+        "identifiers": sorted({spec.identifier for spec in specs}),
+        "queue_names": sorted({spec.queue_name for spec in specs if spec.queue_name is not None}),
     }
 
 
-def _names_from_lookup(rows: Sequence[tuple[Any, ...]]) -> _Names:
-    tasks = {int(row[1]): str(row[2]) for row in rows if row[0] == "task"}
-    queues = {int(row[1]): str(row[2]) for row in rows if row[0] == "queue"}
+def _merge_names(names: _Names, rows: Sequence[tuple[Any, ...]]) -> _Names:
+    tasks, queues = names
+    for kind, object_id, name in rows:
+        (tasks if kind == "task" else queues)[int(object_id)] = str(name)
     return tasks, queues
 
 

@@ -166,8 +166,8 @@ def payload_to_json(payload: Any) -> str:
     """Serialize a payload to JSON text; ``None`` becomes ``{}`` as in graphile-worker.
 
     Raises `ValidationError` for values JSON cannot hold (NaN, Infinity,
-    objects of unknown types) and for NUL characters, which PostgreSQL's
-    ``json`` type rejects.
+    objects of unknown types) and for NUL characters, which PostgreSQL cannot
+    convert to ``jsonb`` or text (graphile-worker's ``add_jobs`` casts payloads to ``jsonb``).
     """
     if payload is None:
         return "{}"
@@ -185,7 +185,7 @@ def payload_to_json(payload: Any) -> str:
     if _ESCAPED_NUL.search(text):
         raise ValidationError(
             "payload is invalid: it contains a NUL character (\\u0000), which PostgreSQL "
-            "cannot store in json; remove it or encode the data (for example as base64)."
+            "cannot convert to jsonb or text; remove it or encode the data (for example as base64)."
         )
     return text
 

@@ -81,13 +81,14 @@ from {schema}.add_jobs(
 ) as jobs
 """
 
-# Names of the tasks and queues of a batch, when its rows cannot be matched to the specs alone.
+# Ids of the tasks and queues that a batch names. It is sent in the same pipeline as the batch
+# and runs after it, so it sees the task and queue rows that the batch inserted.
 _TASK_AND_QUEUE_NAMES = """
 select 'task' as kind, id, identifier as name
-from {schema}._private_tasks where id = any(%(task_ids)s::int[])
+from {schema}._private_tasks where identifier = any(%(identifiers)s::text[])
 union all
 select 'queue', id, queue_name
-from {schema}._private_job_queues where id = any(%(queue_ids)s::int[])
+from {schema}._private_job_queues where queue_name = any(%(queue_names)s::text[])
 """
 
 _TASK_IDS = """
