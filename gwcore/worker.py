@@ -142,6 +142,7 @@ class Worker:
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._unwritten_outcomes: set[int] = set()
         self._idle_slots: deque[asyncio.Future[None]] = deque()
+        self._missed_wakes = 0
         self._stopping = False
         self._stop_requested: asyncio.Event | None = None
         self._shutdown_reason: ShutdownReason = "graceful"
@@ -175,7 +176,9 @@ class Worker:
             self._shutdown_reason = reason
         self._stopping = True
         self._immediate = self._immediate or immediate
-        self._wake(len(self._idle_slots))
+        for waiter in self._idle_slots:
+            if not waiter.done():
+                waiter.set_result(None)
         if self._stop_requested is not None:
             self._stop_requested.set()
 
@@ -331,6 +334,11 @@ class Worker:
     async def _wait_for_work(self, delay: float) -> None:
         if self._stopping:
             return
+        if self._missed_wakes:
+            # A notification arrived while this slot was busy; its job may have been
+            # committed after this slot's last fetch began, so fetch again at once.
+            self._missed_wakes -= 1
+            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle_slots.append(waiter)
         try:
@@ -342,13 +350,17 @@ class Worker:
                 self._idle_slots.remove(waiter)
 
     def _wake(self, count: int) -> None:
-        for _ in range(min(count, len(self._idle_slots))):
+        """Wake up to ``count`` idle slots; remember the rest for slots that are busy now."""
+        woken = 0
+        while woken < count and self._idle_slots:
             waiter = self._idle_slots.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                woken += 1
+        self._missed_wakes = min(self.concurrency, self._missed_wakes + count - woken)
 
     def _wake_all(self) -> None:
-        self._wake(len(self._idle_slots))
+        self._wake(self.concurrency)
 
     # -- fetch, run, complete, fail ------------------------------------------
 
