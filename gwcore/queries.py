@@ -1,7 +1,7 @@
 """The SQL that gwcore runs against graphile-worker's tables, one statement per operation.
 
-Statements are built once per schema and reused, so psycopg can prepare them
-on the server after a few executions. Every job id travels as ``bigint``.
+Statements are built once per schema and reused as bytes, so psycopg can
+prepare them on the server after a few executions. Every job id travels as ``bigint``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from functools import cache
 from psycopg import sql
 
 
-def _render(template: str, schema: str) -> sql.Composed:
-    return sql.SQL(template).format(schema=sql.Identifier(schema))
+def _render(template: str, schema: str) -> bytes:
+    # Rendered to bytes once: psycopg would otherwise compose the statement on every execution.
+    return sql.SQL(template).format(schema=sql.Identifier(schema)).as_bytes(None)
 
 
 @dataclass(frozen=True)
@@ -21,19 +22,19 @@ class Queries:
     """Every statement of the job path and the add API, for one schema."""
 
     schema: str
-    add_job: sql.Composed
-    add_jobs: sql.Composed
-    task_and_queue_names: sql.Composed
-    task_ids: sql.Composed
-    insert_missing_tasks: sql.Composed
-    fetch_job: sql.Composed
-    fetch_job_with_flags: sql.Composed
-    complete_job: sql.Composed
-    complete_queued_job: sql.Composed
-    fail_job: sql.Composed
-    return_jobs: sql.Composed
-    unlock_worker: sql.Composed
-    release_stale_locks: sql.Composed
+    add_job: bytes
+    add_jobs: bytes
+    task_and_queue_names: bytes
+    task_ids: bytes
+    insert_missing_tasks: bytes
+    fetch_job: bytes
+    fetch_job_with_flags: bytes
+    complete_job: bytes
+    complete_queued_job: bytes
+    fail_job: bytes
+    return_jobs: bytes
+    unlock_worker: bytes
+    release_stale_locks: bytes
 
 
 # Add one job through graphile-worker's own SQL function, so job keys behave exactly as theirs.
