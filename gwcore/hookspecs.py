@@ -80,7 +80,9 @@ def gw_worker_shutdown(ctx: WorkerShutdownContext) -> None:
 
     ``ctx.reason`` is ``"signal"`` (SIGINT or SIGTERM), ``"graceful"`` (`Worker.stop`
     or `Worker.run_once` running out of jobs) or ``"error"`` (a fatal error, in
-    ``ctx.error``). The database pool is still open. The return value is ignored.
+    ``ctx.error``). The database pool is still open. It fires only after
+    ``gw_worker_start``: when connecting or migrating fails, the run raises
+    without it. The return value is ignored.
     """
 
 
