@@ -58,6 +58,7 @@ async def main() -> None:
     await worker.run_once()
 
     # The flaky job failed once and is scheduled e^1 seconds later; wait for it and run again.
+    print("The 'flaky' task failed on purpose; running the worker again after its retry delay (e^1 s).")
     await asyncio.sleep(3)
     await worker.run_once()
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 import threading
 from collections.abc import Sequence
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from gwcore import __version__
 from gwcore.add import DEFAULT_SCHEMA, add_job_spec
+from gwcore.contexts import mask_password
 from gwcore.errors import (
     ConfigurationError,
     EmbeddedDatabaseError,
@@ -234,10 +237,10 @@ def _parse_payload(text: str | None) -> Any:
 def resolve_connection(given: str | None) -> tuple[str, bool]:
     """Return the connection string and whether it is the embedded server's."""
     if given:
-        return given, False
+        return _checked_conninfo(given, "-c/--connection"), False
     from_environment = os.environ.get("DATABASE_URL")
     if from_environment:
-        return from_environment, False
+        return _checked_conninfo(from_environment, "DATABASE_URL"), False
 
     from gwcore.embedded import DEFAULT_DATA_DIR, start_embedded_server
 
@@ -248,6 +251,27 @@ def resolve_connection(given: str | None) -> tuple[str, bool]:
     )
     server = start_embedded_server(DEFAULT_DATA_DIR)
     return server.url, True
+
+
+def _checked_conninfo(conninfo: str, source: str) -> str:
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as error:
+        # libpq's message quotes the string, which may contain a password, so it is left out.
+        raise ConfigurationError(
+            f"{source} is not a valid PostgreSQL connection string ({mask_password_safely(conninfo)}); "
+            "write it like postgresql://user:password@localhost:5432/mydb or "
+            "'host=localhost dbname=mydb user=me'."
+        ) from error
+    return conninfo
+
+
+def mask_password_safely(conninfo: str) -> str:
+    """Return ``conninfo`` with its password masked, or a placeholder when it cannot be parsed."""
+    try:
+        return mask_password(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparsable, not shown>"
 
 
 async def _migrate(url: str, schema: str) -> None:
@@ -304,7 +328,36 @@ def load_tasks(sources: Sequence[str] | None) -> TaskRegistry:
     return registry
 
 
+# The command-line name of each field of a job, for error messages of gw add.
+ADD_OPTION_NAMES = {
+    "identifier": "IDENTIFIER",
+    "payload": "PAYLOAD_JSON",
+    "queue_name": "--queue",
+    "run_at": "--run-at",
+    "max_attempts": "--max-attempts",
+    "job_key": "--job-key",
+    "job_key_mode": "--job-key-mode",
+    "priority": "--priority",
+    "flags": "--flag",
+}
+
+
+def _with_option_name(error: ValidationError) -> ValidationError:
+    """Return ``error`` with its leading field name replaced by the option the user typed."""
+    message = str(error)
+    field, _, rest = message.partition(" ")
+    option = ADD_OPTION_NAMES.get(field)
+    return ValidationError(f"{option} {rest}") if option else error
+
+
 async def run_add(args: argparse.Namespace, url: str) -> int:
+    try:
+        return await _add(args, url)
+    except ValidationError as error:
+        raise _with_option_name(error) from error
+
+
+async def _add(args: argparse.Namespace, url: str) -> int:
     spec = JobSpec.create(
         args.identifier,
         _parse_payload(args.payload),
@@ -322,7 +375,7 @@ async def run_add(args: argparse.Namespace, url: str) -> int:
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as error:
         raise ConfigurationError(
             f"the schema {args.schema!r} is not installed in this database; run "
-            f"`gw migrate -s {args.schema}` (with the same -c) first."
+            f"`gw migrate -s {shlex.quote(args.schema)}` (with the same -c) first."
         ) from error
     if job is None:
         print("gw: a plugin skipped this job; nothing was added", file=sys.stderr)

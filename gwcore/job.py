@@ -207,7 +207,7 @@ def _check_text(name: str, value: str | None, max_length: int, *, required: bool
         return
     if not isinstance(value, str):
         raise ValidationError(
-            f"{name} is invalid: {value!r} is a {type(value).__name__}; "
+            f"{name} is invalid: {value!r} is of type {type(value).__name__}; "
             f"pass a string of 1 to {max_length} characters."
         )
     if not 1 <= len(value) <= max_length:

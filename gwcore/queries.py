@@ -14,7 +14,9 @@ from psycopg import sql
 
 def _render(template: str, schema: str) -> bytes:
     # Rendered to bytes once: psycopg would otherwise compose the statement on every execution.
-    return sql.SQL(template).format(schema=sql.Identifier(schema)).as_bytes(None)
+    from gwcore.migrate import quote_schema
+
+    return sql.SQL(template).format(schema=sql.SQL(quote_schema(schema))).as_bytes(None)
 
 
 @dataclass(frozen=True)

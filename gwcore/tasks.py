@@ -169,13 +169,16 @@ def _load_task_file(file: Path, identifier: str) -> TaskFunction:
         spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
-        raise TaskLoadError(f"task file {str(file)!r} raised on import: {error!r}") from error
+        raise TaskLoadError(
+            f"task file {str(file)!r} raised on import: {type(error).__name__}: {error}"
+        ) from error
 
     function: TaskFunction | None = getattr(module, "task", None)
     if function is None or not callable(function):
         raise TaskLoadError(
             f"task file {str(file)!r} defines no function named 'task'; "
-            f"define `def task(payload, ctx):` to run the jobs of {identifier!r}."
+            f"define `def task(payload, ctx):` to run the jobs of {identifier!r}. If the folder is a "
+            "package of @gwcore.task functions, pass its module instead, such as --tasks myapp.tasks."
         )
     return function
 

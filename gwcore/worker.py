@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import secrets
 import signal
@@ -110,13 +111,18 @@ class Worker:
     ) -> None:
         self._conninfo, self._given_pool = _resolve_connection(connection)
         _check_number("concurrency", concurrency, minimum=1, integer=True)
-        _check_number("poll_interval", poll_interval, minimum=0.001)
+        _check_number("poll_interval", poll_interval, minimum=0, exclusive=True)
         _check_number("grace_period", grace_period, minimum=0)
+        if tasks is not None and not isinstance(tasks, Mapping):
+            raise ConfigurationError(
+                f"tasks is invalid: {tasks!r} is of type {type(tasks).__name__}; pass a mapping "
+                "from task identifier to function, such as tasks={'send_email': send_email}."
+            )
         registry = TaskRegistry(tasks if tasks is not None else default_registry)
         if not registry:
             raise ConfigurationError(
-                "the worker has no task: register one with @gwcore.task('name'), pass tasks={...}, "
-                "or use --tasks with a module or a directory."
+                "the worker has no task: register one with @gwcore.task('name') or pass "
+                "tasks={'name': function} to Worker (with gw worker: --tasks MODULE_OR_DIR)."
             )
 
         self.tasks = registry
@@ -736,10 +742,13 @@ def _resolve_connection(
     return connection, None
 
 
-def _check_number(name: str, value: Any, *, minimum: float, integer: bool = False) -> None:
+def _check_number(
+    name: str, value: Any, *, minimum: float, integer: bool = False, exclusive: bool = False
+) -> None:
     kind = "an integer" if integer else "a number"
+    bound = f"> {minimum}" if exclusive else f">= {minimum}"
     valid_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not valid_type:
-        raise ConfigurationError(f"{name} is invalid: {value!r} is not {kind}; pass {kind} >= {minimum}.")
-    if value < minimum:
-        raise ConfigurationError(f"{name} is invalid: {value!r}; it must be >= {minimum}.")
+    if isinstance(value, bool) or not valid_type or value != value or value in (math.inf, -math.inf):
+        raise ConfigurationError(f"{name} is invalid: {value!r} is not {kind}; pass {kind} {bound}.")
+    if value < minimum or (exclusive and value == minimum):
+        raise ConfigurationError(f"{name} is invalid: {value!r}; it must be {bound}.")

@@ -259,21 +259,23 @@ def test_add_connection_beats_env(gw_database_url: str, gw_schema: str, tmp_path
 # Each case: the arguments after `gw add -c URL -s SCHEMA`, and text stderr must contain.
 ADD_REJECTED: dict[str, tuple[list[str], list[str]]] = {
     "invalid_json": (["job", '{"a": 1'], ["PAYLOAD_JSON is invalid JSON", "'{\"a\": 1'"]),
-    "nan": (["job", '{"a": NaN}'], ["payload is invalid", "NaN"]),
-    "infinity": (["job", '{"a": Infinity}'], ["payload is invalid", "Infinity"]),
+    "nan": (["job", '{"a": NaN}'], ["PAYLOAD_JSON is invalid", "NaN"]),
+    "infinity": (["job", '{"a": Infinity}'], ["PAYLOAD_JSON is invalid", "Infinity"]),
     "run_at_naive": (
         ["job", "--run-at", "2030-01-01T09:00:00"],
         ["--run-at", "'2030-01-01T09:00:00' has no UTC offset", "2030-01-01T09:00:00+00:00"],
     ),
     "run_at_garbage": (["job", "--run-at", "tomorrow"], ["--run-at", "'tomorrow'", "ISO 8601"]),
-    "max_attempts_0": (["job", "--max-attempts", "0"], ["max_attempts", "0", "1 to 32767"]),
+    "max_attempts_0": (["job", "--max-attempts", "0"], ["--max-attempts is invalid", "0", "1 to 32767"]),
     "max_attempts_text": (["job", "--max-attempts", "three"], ["--max-attempts", "'three'"]),
-    "priority_40000": (["job", "--priority", "40000"], ["priority", "40000", "-32768 to 32767"]),
-    "identifier_129": (["i" * 129], ["identifier", "129 characters", "1 to 128"]),
+    "priority_40000": (["job", "--priority", "40000"], ["--priority is invalid", "40000", "-32768 to 32767"]),
+    "identifier_129": (["i" * 129], ["IDENTIFIER is invalid", "129 characters", "1 to 128"]),
     "job_key_mode_unknown": (
         ["job", "--job-key-mode", "bogus"],
         ["--job-key-mode", "'bogus'", "replace", "preserve_run_at", "unsafe_dedupe"],
     ),
+    "empty_schema_name": (["job", "-s", ""], ["schema name is empty"]),
+    "empty_flag": (["job", "--flag", ""], ["--flag is invalid", "''"]),
 }
 
 
@@ -527,3 +529,21 @@ def test_worker_schema_too_new(gw_database_url: str, gw_schema: str, tmp_path: P
     assert "Traceback" not in result.stderr
     assert "breaking migration 999" in result.stderr
     assert "upgrade gwcore" in result.stderr
+
+
+@pytest.mark.parametrize("conninfo", ["garbage!!", "host=localhost password=s3cret port"])
+def test_invalid_connection_string(conninfo: str, tmp_path: Path) -> None:
+    result = run_gw("migrate", "-c", conninfo, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "-c/--connection is not a valid PostgreSQL connection string" in result.stderr
+    assert "postgresql://user:password@localhost:5432/mydb" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_invalid_database_url(tmp_path: Path) -> None:
+    result = run_gw("migrate", cwd=tmp_path, env={"DATABASE_URL": "not a url"})
+
+    assert result.returncode == 2
+    assert "DATABASE_URL is not a valid PostgreSQL connection string" in result.stderr
