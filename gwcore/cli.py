@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from gwcore import __version__
 from gwcore.add import DEFAULT_SCHEMA, add_job_spec
+from gwcore.cli_admin import add_admin_commands
 from gwcore.contexts import mask_password
 from gwcore.errors import (
     ConfigurationError,
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="install or update the schema", description="Install or update the schema."
     )
     _add_database_options(migrate)
+
+    add_admin_commands(commands, _add_database_options)
     return parser
 
 
@@ -394,6 +397,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
     url, embedded = resolve_connection(args.connection)
     if embedded and args.command != "migrate":
         await _migrate(url, args.schema)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        code: int = await handler(args, url)
+        return code
     if args.command == "worker":
         return await run_worker(args, url)
     if args.command == "add":
