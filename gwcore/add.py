@@ -16,15 +16,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from gwcore.connections import AsyncTarget, SyncTarget, async_connection, sync_connection
 from gwcore.errors import GwError, ValidationError
 from gwcore.job import Job, JobSpec
 from gwcore.plugins import PluginManager, default_plugin_manager
@@ -34,8 +33,6 @@ logger = logging.getLogger("gwcore.add")
 
 DEFAULT_SCHEMA = "graphile_worker"
 
-AsyncTarget: TypeAlias = "psycopg.AsyncConnection[Any] | AsyncConnectionPool | str"
-SyncTarget: TypeAlias = "psycopg.Connection[Any] | ConnectionPool | str"
 
 # A keyed job can lose a race with a worker that locks the old row between the two statements
 # of graphile-worker's add_jobs, which then writes nothing. Such an add is simply tried again.
@@ -102,7 +99,7 @@ async def add_job_spec(
 
     statement = queries_for(schema).add_job
     params = _add_job_params(scheduled)
-    async with _async_connection(target) as conn:
+    async with async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             async with conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.execute(statement, params)
@@ -140,7 +137,7 @@ async def add_jobs(
     pending = scheduled
     names: _Names = ({}, {})
     owned = not isinstance(target, psycopg.AsyncConnection)
-    async with _async_connection(target) as conn:
+    async with async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             try:
                 rows, name_rows = await _insert_batch(
@@ -186,23 +183,6 @@ async def _insert_batch(
             await insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))
             await lookup.execute(queries.task_and_queue_names, _name_lookup_params(specs))
         return await insert.fetchall(), await lookup.fetchall()
-
-
-@asynccontextmanager
-async def _async_connection(target: AsyncTarget) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    if isinstance(target, psycopg.AsyncConnection):
-        yield target
-    elif isinstance(target, AsyncConnectionPool):
-        async with target.connection() as conn:
-            yield conn
-    elif isinstance(target, str):
-        async with await psycopg.AsyncConnection.connect(target, autocommit=True) as conn:
-            yield conn
-    else:
-        raise ValidationError(
-            f"target is invalid: {target!r}; the async API takes a psycopg AsyncConnection, "
-            "an AsyncConnectionPool or a connection string (use gwcore.add_job_sync for sync connections)."
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -256,7 +236,7 @@ def add_job_spec_sync(
 
     statement = queries_for(schema).add_job
     params = _add_job_params(scheduled)
-    with _sync_connection(target) as conn:
+    with sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             with conn.cursor(row_factory=dict_row) as cursor:
                 cursor.execute(statement, params)
@@ -287,7 +267,7 @@ def add_jobs_sync(
     pending = scheduled
     names: _Names = ({}, {})
     owned = not isinstance(target, psycopg.Connection)
-    with _sync_connection(target) as conn:
+    with sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             try:
                 rows, name_rows = _insert_batch_sync(
@@ -333,23 +313,6 @@ def _insert_batch_sync(
             insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))
             lookup.execute(queries.task_and_queue_names, _name_lookup_params(specs))
         return insert.fetchall(), lookup.fetchall()
-
-
-@contextmanager
-def _sync_connection(target: SyncTarget) -> Iterator[psycopg.Connection[Any]]:
-    if isinstance(target, psycopg.Connection):
-        yield target
-    elif isinstance(target, ConnectionPool):
-        with target.connection() as conn:
-            yield conn
-    elif isinstance(target, str):
-        with psycopg.Connection.connect(target, autocommit=True) as conn:
-            yield conn
-    else:
-        raise ValidationError(
-            f"target is invalid: {target!r}; the sync API takes a psycopg Connection, "
-            "a ConnectionPool or a connection string (use gwcore.add_job for async connections)."
-        )
 
 
 # ---------------------------------------------------------------------------

@@ -14,17 +14,18 @@ transaction, if there is one. Each async function has a sync twin with a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool
 
+from gwcore.connections import AsyncTarget, SyncTarget, async_connection, sync_connection
 from gwcore.errors import ValidationError
 from gwcore.job import (
     MAX_JOB_KEY_LENGTH,
@@ -40,8 +41,6 @@ logger = logging.getLogger("gwcore.admin")
 
 DEFAULT_SCHEMA = "graphile_worker"
 
-AsyncTarget: TypeAlias = "psycopg.AsyncConnection[Any] | AsyncConnectionPool | str"
-SyncTarget: TypeAlias = "psycopg.Connection[Any] | ConnectionPool | str"
 
 BIGINT_MAX = 2**63 - 1
 
@@ -443,7 +442,7 @@ async def job_stats(target: AsyncTarget, *, schema: str = DEFAULT_SCHEMA) -> lis
 
 async def _run(target: AsyncTarget, steps: Sequence[_Step]) -> list[_Rows]:
     """Run the steps on one connection and return their rows; several steps share one transaction."""
-    async with _async_connection(target) as conn:
+    async with async_connection(target) as conn:
         # Without autocommit, the steps already share the caller's or the pool's transaction.
         async with conn.transaction() if len(steps) > 1 and conn.autocommit else nullcontext():
             return [await _fetch(conn, step) for step in steps]
@@ -454,24 +453,6 @@ async def _fetch(conn: psycopg.AsyncConnection[Any], step: _Step) -> _Rows:
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(statement, params)
         return await cursor.fetchall()
-
-
-@asynccontextmanager
-async def _async_connection(target: AsyncTarget) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    if isinstance(target, psycopg.AsyncConnection):
-        yield target
-    elif isinstance(target, AsyncConnectionPool):
-        async with target.connection() as conn:
-            yield conn
-    elif isinstance(target, str):
-        async with await psycopg.AsyncConnection.connect(target, autocommit=True) as conn:
-            yield conn
-    else:
-        raise ValidationError(
-            f"target is invalid: {target!r}; the async admin API takes a psycopg AsyncConnection, "
-            "an AsyncConnectionPool or a connection string (the functions ending in _sync take "
-            "sync connections)."
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -588,7 +569,7 @@ def job_stats_sync(target: SyncTarget, *, schema: str = DEFAULT_SCHEMA) -> list[
 
 def _run_sync(target: SyncTarget, steps: Sequence[_Step]) -> list[_Rows]:
     """Run the steps on one connection and return their rows; several steps share one transaction."""
-    with _sync_connection(target) as conn:
+    with sync_connection(target) as conn:
         # Without autocommit, the steps already share the caller's or the pool's transaction.
         with conn.transaction() if len(steps) > 1 and conn.autocommit else nullcontext():
             return [_fetch_sync(conn, step) for step in steps]
@@ -599,24 +580,6 @@ def _fetch_sync(conn: psycopg.Connection[Any], step: _Step) -> _Rows:
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
-
-
-@contextmanager
-def _sync_connection(target: SyncTarget) -> Iterator[psycopg.Connection[Any]]:
-    if isinstance(target, psycopg.Connection):
-        yield target
-    elif isinstance(target, ConnectionPool):
-        with target.connection() as conn:
-            yield conn
-    elif isinstance(target, str):
-        with psycopg.Connection.connect(target, autocommit=True) as conn:
-            yield conn
-    else:
-        raise ValidationError(
-            f"target is invalid: {target!r}; the sync admin API takes a psycopg Connection, "
-            "a ConnectionPool or a connection string (the functions without _sync take async "
-            "connections)."
-        )
 
 
 # ---------------------------------------------------------------------------

@@ -696,7 +696,7 @@ async def test_wrong_target_rejected(gw_conn: psycopg.AsyncConnection[Any]) -> N
     with pytest.raises(ValidationError) as caught_async:
         await admin.job_stats(42)  # type: ignore[arg-type]
 
-    assert "the sync admin API takes a psycopg Connection" in str(caught.value)
+    assert "the sync API takes a psycopg Connection" in str(caught.value)
     assert "target is invalid: 42" in str(caught_async.value)
 
 
