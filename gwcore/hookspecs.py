@@ -1,6 +1,7 @@
 """Hook specifications: every point in a job's and a worker's life that a plugin can observe or change.
 
-Each hook takes one argument, ``ctx``, a frozen dataclass from `gwcore.contexts`.
+Each hook takes one argument, ``ctx``, a frozen dataclass from `gwcore.contexts`,
+except the configuration hooks at the end, which take ``parser`` or ``config``.
 A hook implementation may be a plain function or an ``async def`` coroutine
 function: the core awaits whatever an implementation returns when it is
 awaitable, so both work for every hook.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from gwcore.config import Config, OptionParser
     from gwcore.contexts import (
         AfterJobRunContext,
         BeforeJobRunContext,
@@ -191,4 +193,45 @@ def gw_before_job_schedule(ctx: BeforeJobScheduleContext) -> Any:
     raised here propagates to the caller of ``add_job``.
 
     Jobs added in SQL with ``graphile_worker.add_job`` do not pass through this hook.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+#
+# These hooks take ``parser`` or ``config`` in place of ``ctx``, as pytest's
+# hooks of the same names do. They fire only in the ``gw`` command (and in
+# `gwcore.config.load_config` for gw_addoption), not in a `Worker` created
+# from Python, which receives its settings as arguments.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gw_addoption(parser: OptionParser) -> None:
+    """Declare a plugin's own options with ``parser.addoption("--name", type=..., default=..., help=...)``.
+
+    Each option is a flag of every ``gw`` command, a key of ``[tool.gw]`` in
+    ``pyproject.toml`` (``--slowlog-threshold`` becomes ``slowlog_threshold``)
+    and an environment variable (``GW_SLOWLOG_THRESHOLD``). Read the resolved
+    value in ``gw_configure`` with ``config.get("slowlog_threshold")``. It runs
+    before any event loop exists, so it must be a plain ``def``: an
+    ``async def`` implementation is rejected with `PluginError`.
+    """
+
+
+@hookspec
+def gw_configure(config: Config) -> None:
+    """Fires once the configuration is resolved, before the command (such as ``gw worker``) starts.
+
+    ``config`` is the `gwcore.config.Config` with every option's value and
+    source. An exception raised here stops the command; raise
+    `ConfigurationError` for a bad setting, and ``gw`` exits with status 2.
+    """
+
+
+@hookspec
+def gw_unconfigure(config: Config) -> None:
+    """Observer. Fires when the command ends, also after an error (one raised in ``gw_configure`` included).
+
+    Exceptions raised here are logged and otherwise ignored. The return value is ignored.
     """

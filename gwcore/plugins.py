@@ -10,12 +10,17 @@ costs one dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
+import importlib.util
 import inspect
 import logging
-from collections.abc import Iterable
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -30,6 +35,13 @@ logger = logging.getLogger("gwcore.plugins")
 
 ENTRY_POINT_GROUP = "gwcore.plugins"
 
+# A plugin request of this form blocks the plugin NAME in place of loading it.
+BLOCK_PREFIX = "no:"
+
+# The name under which the working directory's gwconf.py registers.
+GWCONF_NAME = "gwconf"
+GWCONF_FILE = "gwconf.py"
+
 # Built-in plugins, registered under these names unless blocked.
 BUILTIN_PLUGINS: dict[str, str] = {
     "console": "gwplugins.console",
@@ -39,11 +51,53 @@ BUILTIN_PLUGINS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class HookCall:
-    """One implementation of a hook, ready to call."""
+    """One implementation of a hook, ready to call.
+
+    ``takes_ctx`` is true when the implementation takes the hook's argument
+    (``ctx``, or ``parser``/``config`` for the configuration hooks).
+    """
 
     plugin_name: str
     function: Any
     takes_ctx: bool
+
+
+@dataclass(frozen=True)
+class PluginRequest:
+    """A plugin named by configuration: a module to import, or ``no:NAME`` to block NAME.
+
+    ``source`` says where the name was written, such as ``env GW_PLUGINS``.
+    """
+
+    name: str
+    source: str
+
+    @property
+    def blocks(self) -> str | None:
+        """The name this request blocks, or None when it asks to load a plugin."""
+        if self.name.startswith(BLOCK_PREFIX):
+            return self.name[len(BLOCK_PREFIX) :]
+        return None
+
+
+@dataclass(frozen=True)
+class PluginOrigin:
+    """Where a registered plugin came from; ``distribution`` and ``version`` only for entry points."""
+
+    source: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A registered plugin: its name, source, distribution and the hooks it implements."""
+
+    name: str
+    source: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
 
 
 class PluginManager(pluggy.PluginManager):
@@ -53,6 +107,7 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
         self._calls: dict[str, tuple[HookCall, ...]] = {}
+        self._origins: dict[str, PluginOrigin] = {}
 
     # -- registration ------------------------------------------------------
 
@@ -78,17 +133,58 @@ class PluginManager(pluggy.PluginManager):
             name = f"{name}-{id(plugin):x}"
         return name
 
-    def register(self, plugin: object, name: str | None = None) -> str | None:
+    def register(
+        self, plugin: object, name: str | None = None, origin: PluginOrigin | None = None
+    ) -> str | None:
+        """Register ``plugin``; ``origin`` records its source for `plugin_infos` (default: code)."""
         self._calls.clear()
+        unknown = _unknown_hooks(plugin)
+        if unknown:
+            raise PluginError(_describe_unknown_hooks(unknown))
         try:
             registered = super().register(plugin, name)
         except pluggy.PluginValidationError as error:
             raise PluginError(_describe_validation_error(self, error)) from error
+        if registered is not None:
+            self._origins[registered] = origin or PluginOrigin("code")
         return registered
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         self._calls.clear()
-        return super().unregister(plugin, name)
+        removed = super().unregister(plugin, name)
+        for registered_name in list(self._origins):
+            if not self.has_plugin(registered_name):
+                del self._origins[registered_name]
+        return removed
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Return every registered plugin in registration order, with its source and hooks."""
+        order = hook_names()
+        infos = []
+        for name, plugin in self.list_name_plugin():
+            if plugin is None:
+                continue  # pluggy lists a blocked name with None
+            origin = self._origins.get(name, PluginOrigin("code"))
+            implemented = {caller.name for caller in self.get_hookcallers(plugin) or ()}
+            infos.append(
+                PluginInfo(
+                    name=name,
+                    source=origin.source,
+                    distribution=origin.distribution,
+                    version=origin.version,
+                    hooks=tuple(hook for hook in order if hook in implemented),
+                )
+            )
+        return infos
+
+    def call_order(self) -> dict[str, list[str]]:
+        """Return, for each hook with an implementation, the plugin names in the order they are called."""
+        order = {}
+        for hook in hook_names():
+            names = [call.plugin_name for call in self.calls(hook)]
+            if names:
+                order[hook] = names
+        return order
 
     def check_hooks(self) -> None:
         """Raise `PluginError` if a plugin implements a ``gw_*`` hook that does not exist."""
@@ -107,7 +203,7 @@ class PluginManager(pluggy.PluginManager):
             return cached
         hook = getattr(self.hook, hook_name)
         calls = tuple(
-            HookCall(impl.plugin_name, impl.function, "ctx" in impl.argnames)
+            HookCall(impl.plugin_name, impl.function, bool(impl.argnames))
             for impl in reversed(hook.get_hookimpls())
         )
         self._calls[hook_name] = calls
@@ -115,6 +211,32 @@ class PluginManager(pluggy.PluginManager):
 
     def has_calls(self, hook_name: str) -> bool:
         return bool(self.calls(hook_name))
+
+    def call_sync(
+        self, hook_name: str, argument: object, *, before_each: Callable[[str], None] | None = None
+    ) -> None:
+        """Call every implementation of ``hook_name`` outside an event loop; exceptions propagate.
+
+        Used for ``gw_addoption``, which runs before any loop exists. An
+        ``async def`` implementation raises `PluginError`. ``before_each``
+        receives the plugin's name before each call.
+        """
+        for call in self.calls(hook_name):
+            if before_each is not None:
+                before_each(call.plugin_name)
+            result = call.function(argument) if call.takes_ctx else call.function()
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise PluginError(
+                    f"plugin {call.plugin_name!r} implements {hook_name} with async def; "
+                    f"{hook_name} runs before the event loop starts, so write it as a plain def."
+                )
+
+    async def call_each(self, hook_name: str, argument: object) -> None:
+        """Call and await every implementation of ``hook_name``; the first exception propagates."""
+        for call in self.calls(hook_name):
+            await _invoke(call, argument)
 
     async def notify(self, hook_name: str, ctx: object) -> None:
         """Call every implementation of an observer hook; log and swallow their exceptions."""
@@ -216,8 +338,35 @@ async def _invoke(call: HookCall, ctx: object) -> Any:
     return result
 
 
+def hook_names() -> list[str]:
+    """Return the names of every hook, in the order `gwcore.hookspecs` declares them."""
+    return [name for name, value in vars(hookspecs).items() if name.startswith("gw_") and callable(value)]
+
+
 def _hook_names() -> list[str]:
-    return [name for name in dir(hookspecs) if name.startswith("gw_")]
+    return hook_names()
+
+
+def _unknown_hooks(plugin: object) -> list[str]:
+    known = set(hook_names())
+    names = []
+    for name in dir(plugin):
+        if name.startswith("gw_") and name not in known and callable(getattr(plugin, name, None)):
+            names.append(name)
+    return names
+
+
+def _describe_unknown_hooks(unknown: list[str]) -> str:
+    known = hook_names()
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        parts.append(f"{name}{hint}")
+    return (
+        f"unknown hook {', '.join(parts)}: no hook of that name exists. "
+        f"The hooks that exist are: {', '.join(sorted(known))}."
+    )
 
 
 def _describe_validation_error(manager: PluginManager, error: pluggy.PluginValidationError) -> str:
@@ -241,73 +390,145 @@ def create_plugin_manager(
     builtins: bool = True,
     entry_points: bool = True,
     blocked: Iterable[str] = (),
+    requests: Sequence[PluginRequest] | None = None,
+    gwconf: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PluginManager:
-    """Create a plugin manager with the built-ins, installed plugins and ``plugins``.
+    """Create a plugin manager with the built-ins, installed plugins, requested modules and ``plugins``.
 
     Plugins register in this order: the built-ins from ``gwplugins``, the
-    entry points of the ``gwcore.plugins`` group, then ``plugins`` as given.
-    A name in ``blocked`` keeps that plugin out, built-ins included. Raises
-    `PluginError` naming the plugin and its source when one fails to load or
-    implements a hook wrongly.
+    entry points of the ``gwcore.plugins`` group, the modules named in
+    ``requests`` (default: those in the ``GW_PLUGINS`` environment variable,
+    comma separated), the file ``gwconf`` (registered as ``gwconf``), then
+    ``plugins`` as given. A name in ``blocked``, or a request ``no:NAME``,
+    keeps that plugin out, built-ins included. With ``GW_DISABLE_PLUGIN_AUTOLOAD``
+    set to a true value, entry points load only when a request names them.
+
+    Raises `PluginError` naming the plugin and its source when one fails to
+    load or implements a hook wrongly.
     """
+    environ = os.environ if environ is None else environ
+    if requests is None:
+        requests = plugin_requests_from_env(environ)
     manager = PluginManager()
     for name in blocked:
         manager.set_blocked(name)
+    for request in requests:
+        if request.blocks:
+            manager.set_blocked(request.blocks)
+    named = [request for request in requests if not request.blocks]
 
     if builtins:
         for name, module_name in BUILTIN_PLUGINS.items():
             if not manager.is_blocked(name):
-                _register(manager, _import(module_name, f"built-in plugin {name!r}"), name)
+                source = f"built-in ({module_name})"
+                _register(manager, _import(module_name, name, source), name, PluginOrigin(source))
 
-    if entry_points:
-        _register_entry_points(manager)
+    installed = {entry_point.name: entry_point for entry_point in _entry_points()} if entry_points else {}
+    if installed:
+        autoload = not _is_true(environ.get("GW_DISABLE_PLUGIN_AUTOLOAD", ""))
+        explicit = {request.name for request in named}
+        for entry_point in installed.values():
+            if autoload or entry_point.name in explicit:
+                _register_entry_point(manager, entry_point)
+
+    for request in named:
+        if manager.is_blocked(request.name) or manager.has_plugin(request.name):
+            continue
+        if request.name in installed:
+            # Named explicitly, but the entry point did not load: another plugin has its name.
+            continue
+        module = _import(request.name, request.name, request.source)
+        if manager.is_registered(module):
+            continue  # already registered under another name, such as a built-in's
+        _register(manager, module, request.name, PluginOrigin(request.source))
+
+    if gwconf is not None and not manager.is_blocked(GWCONF_NAME):
+        _register_gwconf(manager, Path(gwconf))
 
     for plugin in plugins:
-        _register(manager, plugin, None)
+        _register(manager, plugin, None, PluginOrigin("code"))
 
     manager.check_hooks()
     return manager
 
 
-def _register_entry_points(manager: PluginManager) -> None:
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        if manager.is_blocked(entry_point.name):
-            continue
-        if manager.has_plugin(entry_point.name):
-            logger.warning(
-                "plugin entry point %r (%s) was not loaded: a plugin with that name is already "
-                "registered; rename the entry point",
-                entry_point.name,
-                entry_point.value,
-            )
-            continue
-        source = f"entry point {entry_point.name!r} ({entry_point.value})"
-        if entry_point.dist is not None:
-            source += f" of {entry_point.dist.name} {entry_point.dist.version}"
-        try:
-            plugin = entry_point.load()
-        except Exception as error:
-            raise PluginError(f"plugin from {source} failed to import: {error!r}") from error
-        _register(manager, plugin, entry_point.name, source)
+def plugin_requests_from_env(environ: Mapping[str, str]) -> list[PluginRequest]:
+    """Return the plugins named in ``GW_PLUGINS``, a comma-separated list of modules and ``no:NAME``."""
+    return [
+        PluginRequest(name.strip(), "env GW_PLUGINS")
+        for name in environ.get("GW_PLUGINS", "").split(",")
+        if name.strip()
+    ]
 
 
-def _import(module_name: str, source: str) -> object:
+def _is_true(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _entry_points() -> list[EntryPoint]:
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _register_entry_point(manager: PluginManager, entry_point: EntryPoint) -> None:
+    if manager.is_blocked(entry_point.name):
+        return
+    if manager.has_plugin(entry_point.name):
+        logger.warning(
+            "plugin entry point %r (%s) was not loaded: a plugin with that name is already "
+            "registered; rename the entry point",
+            entry_point.name,
+            entry_point.value,
+        )
+        return
+    source = f"entry point {entry_point.name!r} ({entry_point.value})"
+    distribution = version = None
+    if entry_point.dist is not None:
+        distribution = entry_point.dist.name
+        version = entry_point.dist.version
+        source += f" of {distribution} {version}"
+    try:
+        plugin = entry_point.load()
+    except Exception as error:
+        raise PluginError(f"plugin from {source} failed to import: {error!r}") from error
+    _register(manager, plugin, entry_point.name, PluginOrigin(source, distribution, version))
+
+
+def _register_gwconf(manager: PluginManager, path: Path) -> None:
+    """Import ``path`` as the module ``gwconf`` and register it, as pytest does with conftest.py."""
+    path = path.resolve()
+    source = f"gwconf.py at {path}"
+    spec = importlib.util.spec_from_file_location(GWCONF_NAME, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin {GWCONF_NAME!r} from {source} failed to import: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[GWCONF_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[GWCONF_NAME]
+        raise PluginError(f"plugin {GWCONF_NAME!r} from {source} failed to import: {error!r}") from error
+    _register(manager, module, GWCONF_NAME, PluginOrigin(source))
+
+
+def _import(module_name: str, name: str, source: str) -> object:
     try:
         return importlib.import_module(module_name)
     except Exception as error:
-        raise PluginError(f"{source} failed to import {module_name!r}: {error!r}") from error
+        raise PluginError(
+            f"plugin {name!r} from {source} failed to import {module_name!r}: {error!r}"
+        ) from error
 
 
-def _register(manager: PluginManager, plugin: object, name: str | None, source: str = "") -> None:
+def _register(manager: PluginManager, plugin: object, name: str | None, origin: PluginOrigin) -> None:
+    label = name or getattr(plugin, "__name__", type(plugin).__name__)
     try:
-        manager.register(plugin, name)
+        manager.register(plugin, name, origin)
     except PluginError as error:
-        where = f" from {source}" if source else ""
-        label = name or getattr(plugin, "__name__", type(plugin).__name__)
-        raise PluginError(f"plugin {label!r}{where} failed to register: {error}") from error
+        raise PluginError(f"plugin {label!r} from {origin.source} failed to register: {error}") from error
     except ValueError as error:
         # pluggy raises ValueError for a plugin or name that is already registered.
-        raise PluginError(f"plugin {name or plugin!r} failed to register: {error}") from error
+        raise PluginError(f"plugin {label!r} from {origin.source} failed to register: {error}") from error
 
 
 _default_manager: PluginManager | None = None
