@@ -367,3 +367,49 @@ def test_slowlog_own_tests_pass(gw_database_url: str) -> None:
     assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
     assert " passed" in completed.stdout.splitlines()[-1]
     assert "failed" not in completed.stdout.splitlines()[-1]
+
+
+async def test_installed_slowlog_listed_and_blockable(
+    slowlog_site: Path, gw_database_url: str, gw_schema: str, tmp_path: Path
+) -> None:
+    environment = cli_environment(slowlog_site)
+
+    listed = await asyncio.to_thread(run_cli, ["plugins", "--json"], environment, tmp_path)
+    blocked = await asyncio.to_thread(
+        run_cli, ["plugins", "--json", "-p", "no:slowlog"], environment, tmp_path
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    plugins = {plugin["name"]: plugin for plugin in json.loads(listed.stdout)["plugins"]}
+    assert "slowlog" in plugins
+    assert plugins["slowlog"]["version"] == "0.1.0"
+    assert "gw_job_complete" in plugins["slowlog"]["hooks"]
+    assert blocked.returncode == 0, blocked.stderr
+    assert "slowlog" not in {plugin["name"] for plugin in json.loads(blocked.stdout)["plugins"]}
+
+
+async def test_installed_slowlog_option_sources(slowlog_site: Path, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.gw]\nslowlog_threshold = 2.5\n")
+    environment = cli_environment(slowlog_site)
+
+    from_file = await asyncio.to_thread(run_cli, ["config", "--json"], environment, tmp_path)
+    from_env = await asyncio.to_thread(
+        run_cli, ["config", "--json"], {**environment, "GW_SLOWLOG_THRESHOLD": "3"}, tmp_path
+    )
+    from_flag = await asyncio.to_thread(
+        run_cli, ["config", "--json", "--slowlog-threshold", "4"], environment, tmp_path
+    )
+
+    for completed in (from_file, from_env, from_flag):
+        assert completed.returncode == 0, completed.stderr
+    assert _option(from_file.stdout) == (2.5, "pyproject.toml")
+    assert _option(from_env.stdout) == (3.0, "env GW_SLOWLOG_THRESHOLD")
+    assert _option(from_flag.stdout) == (4.0, "command line")
+
+
+def _option(output: str) -> tuple[Any, str]:
+    """Return the value and source of slowlog_threshold from ``gw config --json`` output."""
+    entries = {entry["key"]: entry for entry in json.loads(output)}
+    entry = entries["slowlog_threshold"]
+    assert entry["plugin"] == "slowlog"
+    return entry["value"], entry["source"]

@@ -8,8 +8,12 @@ job that took longer than the threshold it logs one WARNING on the
     slow job send_email 42 took 1.204 s (threshold 1 s)
 
 A failed attempt gets the same line with ``and failed (attempt N of M)``
-appended. The threshold is the environment variable ``GW_SLOWLOG_THRESHOLD``
-in seconds (default 1.0), read when the module is imported.
+appended. The threshold, in seconds (default 1.0), is the option
+``--slowlog-threshold`` that the plugin adds through ``gw_addoption``, so
+``gw`` also reads it as ``slowlog_threshold`` under ``[tool.gw]`` and as the
+environment variable ``GW_SLOWLOG_THRESHOLD``. A `Worker` built in Python
+fires no ``gw_configure``, so for it the module reads ``GW_SLOWLOG_THRESHOLD``
+when it is imported.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Mapping
 
 from gwcore import ConfigurationError, hookimpl
+from gwcore.config import Config, OptionParser
 from gwcore.contexts import (
     JobCompleteContext,
     JobFailContext,
@@ -42,9 +47,6 @@ def read_threshold(environ: Mapping[str, str] | None = None) -> float:
 
     Raises `gwcore.ConfigurationError` for a value that is not a finite number >= 0.
     """
-    # NOTE: once gwcore's gw_addoption hook is available, this setting becomes the
-    # option --slowlog-threshold declared there (which also reads GW_SLOWLOG_THRESHOLD
-    # and [tool.gw] slowlog_threshold), and this function goes away.
     text = (os.environ if environ is None else environ).get(THRESHOLD_VARIABLE, "").strip()
     if not text:
         return DEFAULT_THRESHOLD
@@ -123,6 +125,28 @@ class SlowLog:
 
 # The instance that the module-level hooks below use, with the threshold from the environment.
 plugin = SlowLog(read_threshold())
+
+
+@hookimpl
+def gw_addoption(parser: OptionParser) -> None:
+    parser.addoption(
+        "--slowlog-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="SECONDS",
+        help=f"log a warning for each job that runs longer than this (default: {DEFAULT_THRESHOLD:g})",
+    )
+
+
+@hookimpl
+def gw_configure(config: Config) -> None:
+    threshold = config.get("slowlog_threshold")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ConfigurationError(
+            f"slowlog_threshold is invalid: {threshold!r} (from {config.source('slowlog_threshold')}); "
+            "set it to a number of seconds >= 0, such as 0.5."
+        )
+    plugin.threshold = float(threshold)
 
 
 @hookimpl
