@@ -74,11 +74,7 @@ def _add_command(
 
 
 def _add_json_option(parser: argparse.ArgumentParser, content: str) -> None:
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help=f"print {content}, with timestamps in ISO 8601 (default: a table)",
-    )
+    parser.add_argument("--json", action="store_true", help=f"print {content} (default: a table)")
 
 
 def _add_jobs_command(commands: Any, add_common_options: AddCommonOptions) -> None:
@@ -109,7 +105,9 @@ def _add_jobs_command(commands: Any, add_common_options: AddCommonOptions) -> No
         metavar="N",
         help=f"list at most N jobs, the lowest ids first (default: {DEFAULT_LIMIT})",
     )
-    _add_json_option(jobs, "each job with every field as a JSON object on its own line (JSON Lines)")
+    _add_json_option(
+        jobs, "each job with every field as a JSON object on its own line (JSON Lines), times in ISO 8601"
+    )
 
     actions = jobs.add_subparsers(dest="jobs_command", metavar="show")
     show = actions.add_parser(
@@ -119,7 +117,7 @@ def _add_jobs_command(commands: Any, add_common_options: AddCommonOptions) -> No
     )
     add_common_options(show)
     show.add_argument("job_id", type=_job_id, metavar="ID", help="the job's id")
-    _add_json_option(show, "the job as a JSON object")
+    _add_json_option(show, "the job as a JSON object, times in ISO 8601")
     show.set_defaults(handler=run_jobs_show)
     # argparse copies every value of a sub-subcommand over the parent's, defaults included, so
     # `gw jobs -c URL show 1` would lose URL. Without defaults here, the parent's values stay.
@@ -139,7 +137,7 @@ def _add_queues_command(commands: Any, add_common_options: AddCommonOptions) -> 
         description="List named queues with their job counts and the worker that locks each one, "
         "ordered by name.",
     )
-    _add_json_option(queues, "each queue as a JSON object on its own line (JSON Lines)")
+    _add_json_option(queues, "each queue as a JSON object on its own line (JSON Lines), times in ISO 8601")
 
 
 def _add_stats_command(commands: Any, add_common_options: AddCommonOptions) -> None:

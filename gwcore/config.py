@@ -26,6 +26,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -490,11 +491,8 @@ def _checked(option: Option, raw: Any, source: str, *, from_text: bool) -> Any:
 def _unknown_key_message(key: str, file: ConfigFile, known: Mapping[str, Option]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    section = "[tool.gw]" if file.label == PYPROJECT else "the file"
-    return (
-        f"unknown key {key!r} in {section} of {file.path}.{hint} "
-        f"The known keys are: {', '.join(sorted(known))}."
-    )
+    where = f"[tool.gw] of {file.path}" if file.label == PYPROJECT else str(file.path)
+    return f"unknown key {key!r} in {where}.{hint} The known keys are: {', '.join(sorted(known))}."
 
 
 def load_config(
@@ -512,6 +510,8 @@ def load_config(
     plugin manager is ``config.plugin_manager``.
     """
     directory = Path(directory) if directory is not None else Path.cwd()
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))  # as gw does, so that plugin modules in it import
     environ = os.environ if environ is None else environ
     command_line = dict(command_line or {})
     files = read_config_files(directory)

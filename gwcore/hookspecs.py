@@ -210,7 +210,7 @@ def gw_before_job_schedule(ctx: BeforeJobScheduleContext) -> Any:
 def gw_addoption(parser: OptionParser) -> None:
     """Declare a plugin's own options with ``parser.addoption("--name", type=..., default=..., help=...)``.
 
-    Each option is a flag of every ``gw`` command, a key of ``[tool.gw]`` in
+    Each option is a flag of every ``gw`` command but ``gw plugins``, a key of ``[tool.gw]`` in
     ``pyproject.toml`` (``--slowlog-threshold`` becomes ``slowlog_threshold``)
     and an environment variable (``GW_SLOWLOG_THRESHOLD``). Read the resolved
     value in ``gw_configure`` with ``config.get("slowlog_threshold")``. It runs
