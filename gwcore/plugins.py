@@ -66,7 +66,7 @@ class HookCall:
 class PluginRequest:
     """A plugin named by configuration: a module to import, or ``no:NAME`` to block NAME.
 
-    ``source`` says where the name was written, such as ``env GW_PLUGINS``.
+    ``source`` names where it was written, such as ``env GW_PLUGINS``.
     """
 
     name: str
@@ -74,7 +74,7 @@ class PluginRequest:
 
     @property
     def blocks(self) -> str | None:
-        """The name this request blocks, or None when it asks to load a plugin."""
+        """The name this request blocks, or None when it requests a plugin to load."""
         if self.name.startswith(BLOCK_PREFIX):
             return self.name[len(BLOCK_PREFIX) :]
         return None
@@ -82,7 +82,7 @@ class PluginRequest:
 
 @dataclass(frozen=True)
 class PluginOrigin:
-    """Where a registered plugin came from; ``distribution`` and ``version`` only for entry points."""
+    """Origin of a registered plugin; ``distribution`` and ``version`` only for entry points."""
 
     source: str
     distribution: str | None = None
