@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -99,13 +100,20 @@ async def add_job_spec(
 
     statement = queries_for(schema).add_job
     params = _add_job_params(scheduled)
+    owned = not isinstance(target, psycopg.AsyncConnection)
     async with async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
-            async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(statement, params)
-                row = await cursor.fetchone()
-            if row is not None and row["id"] is not None:
-                return _job_from_spec(row, scheduled)
+            try:
+                async with _own_transaction(conn, owned), conn.cursor(row_factory=dict_row) as cursor:
+                    await cursor.execute(statement, params)
+                    row = await cursor.fetchone()
+            except psycopg.errors.DeadlockDetected:
+                if not (owned or conn.autocommit):
+                    raise  # the caller's transaction is aborted; only the caller can retry it
+                logger.debug("adding a job of task %r hit a deadlock; retrying it", spec.identifier)
+            else:
+                if row is not None and row["id"] is not None:
+                    return _job_from_spec(row, scheduled)
             await asyncio.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
     raise _contention_error(scheduled)
 
@@ -140,13 +148,8 @@ async def add_jobs(
     async with async_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             try:
-                rows, name_rows = await _insert_batch(
-                    conn,
-                    queries,
-                    pending,
-                    job_key_preserve_run_at,
-                    own_transaction=owned and not conn.autocommit,
-                )
+                async with _own_transaction(conn, owned):
+                    rows, name_rows = await _insert_batch(conn, queries, pending, job_key_preserve_run_at)
                 written += rows
                 names = _merge_names(names, name_rows)
             except psycopg.errors.DeadlockDetected:
@@ -163,21 +166,27 @@ async def add_jobs(
     return _jobs_from_rows(written, names)
 
 
-async def _insert_batch(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    specs: Sequence[JobSpec],
-    preserve_run_at: bool,
-    *,
-    own_transaction: bool,
-) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
-    """Insert a batch and look up the ids of its tasks and queues, in one round trip.
+def _own_transaction(conn: psycopg.AsyncConnection[Any], owned: bool) -> AbstractAsyncContextManager[Any]:
+    """Return a transaction on a connection gwcore owns and that is not in autocommit mode.
 
-    With ``own_transaction``, a failure rolls the batch back so that it can be tried again.
+    Its rollback after a deadlock leaves the connection ready for the retry.
     """
-    if own_transaction:
-        async with conn.transaction():
-            return await _insert_batch(conn, queries, specs, preserve_run_at, own_transaction=False)
+    if owned and not conn.autocommit:
+        return conn.transaction()
+    return nullcontext()
+
+
+def _own_transaction_sync(conn: psycopg.Connection[Any], owned: bool) -> AbstractContextManager[Any]:
+    """Return a transaction as `_own_transaction` does, for the sync API."""
+    if owned and not conn.autocommit:
+        return conn.transaction()
+    return nullcontext()
+
+
+async def _insert_batch(
+    conn: psycopg.AsyncConnection[Any], queries: Queries, specs: Sequence[JobSpec], preserve_run_at: bool
+) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """Insert a batch and look up the ids of its tasks and queues, in one round trip."""
     async with conn.cursor(row_factory=dict_row) as insert, conn.cursor() as lookup:
         async with conn.pipeline():
             await insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))
@@ -236,13 +245,20 @@ def add_job_spec_sync(
 
     statement = queries_for(schema).add_job
     params = _add_job_params(scheduled)
+    owned = not isinstance(target, psycopg.Connection)
     with sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
-            with conn.cursor(row_factory=dict_row) as cursor:
-                cursor.execute(statement, params)
-                row = cursor.fetchone()
-            if row is not None and row["id"] is not None:
-                return _job_from_spec(row, scheduled)
+            try:
+                with _own_transaction_sync(conn, owned), conn.cursor(row_factory=dict_row) as cursor:
+                    cursor.execute(statement, params)
+                    row = cursor.fetchone()
+            except psycopg.errors.DeadlockDetected:
+                if not (owned or conn.autocommit):
+                    raise  # the caller's transaction is aborted; only the caller can retry it
+                logger.debug("adding a job of task %r hit a deadlock; retrying it", spec.identifier)
+            else:
+                if row is not None and row["id"] is not None:
+                    return _job_from_spec(row, scheduled)
             time.sleep(KEY_CONTENTION_DELAY * (attempt + 1))
     raise _contention_error(scheduled)
 
@@ -270,13 +286,8 @@ def add_jobs_sync(
     with sync_connection(target) as conn:
         for attempt in range(MAX_KEY_CONTENTION_RETRIES):
             try:
-                rows, name_rows = _insert_batch_sync(
-                    conn,
-                    queries,
-                    pending,
-                    job_key_preserve_run_at,
-                    own_transaction=owned and not conn.autocommit,
-                )
+                with _own_transaction_sync(conn, owned):
+                    rows, name_rows = _insert_batch_sync(conn, queries, pending, job_key_preserve_run_at)
                 written += rows
                 names = _merge_names(names, name_rows)
             except psycopg.errors.DeadlockDetected:
@@ -294,20 +305,9 @@ def add_jobs_sync(
 
 
 def _insert_batch_sync(
-    conn: psycopg.Connection[Any],
-    queries: Queries,
-    specs: Sequence[JobSpec],
-    preserve_run_at: bool,
-    *,
-    own_transaction: bool,
+    conn: psycopg.Connection[Any], queries: Queries, specs: Sequence[JobSpec], preserve_run_at: bool
 ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
-    """Insert a batch and look up the ids of its tasks and queues, in one round trip.
-
-    With ``own_transaction``, a failure rolls the batch back so that it can be tried again.
-    """
-    if own_transaction:
-        with conn.transaction():
-            return _insert_batch_sync(conn, queries, specs, preserve_run_at, own_transaction=False)
+    """Insert a batch and look up the ids of its tasks and queues, in one round trip."""
     with conn.cursor(row_factory=dict_row) as insert, conn.cursor() as lookup:
         with conn.pipeline():
             insert.execute(queries.add_jobs, _add_jobs_params(specs, preserve_run_at))

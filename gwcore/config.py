@@ -492,7 +492,11 @@ def _unknown_key_message(key: str, file: ConfigFile, known: Mapping[str, Option]
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     where = f"[tool.gw] of {file.path}" if file.label == PYPROJECT else str(file.path)
-    return f"unknown key {key!r} in {where}.{hint} The known keys are: {', '.join(sorted(known))}."
+    return (
+        f"unknown key {key!r} in {where}.{hint} The known keys are: {', '.join(sorted(known))}. "
+        "A key of a plugin that is blocked or not installed is unknown too: remove it, or comment "
+        "it out while the plugin is off."
+    )
 
 
 def load_config(

@@ -27,7 +27,7 @@ import pluggy
 
 from gwcore import hookspecs
 from gwcore.contexts import BeforeJobScheduleContext
-from gwcore.errors import JobScheduleError, PluginError
+from gwcore.errors import GwError, JobScheduleError, PluginError
 from gwcore.job import JobSpec
 from gwcore.results import HookResult, JobScheduleResult, Outcome, describe_reason
 
@@ -234,9 +234,20 @@ class PluginManager(pluggy.PluginManager):
                 )
 
     async def call_each(self, hook_name: str, argument: object) -> None:
-        """Call and await every implementation of ``hook_name``; the first exception propagates."""
+        """Call and await every implementation of ``hook_name``; the first exception propagates.
+
+        A `GwError` (a `ConfigurationError`, say) propagates as it is. Any other
+        exception becomes a `PluginError` that names the plugin and the hook.
+        """
         for call in self.calls(hook_name):
-            await _invoke(call, argument)
+            try:
+                await _invoke(call, argument)
+            except GwError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"plugin {call.plugin_name!r} raised in {hook_name}: {type(error).__name__}: {error}"
+                ) from error
 
     async def notify(self, hook_name: str, ctx: object) -> None:
         """Call every implementation of an observer hook; log and swallow their exceptions."""

@@ -357,3 +357,26 @@ def test_plugins_hooks_json(project: Path) -> None:
         == "Interceptor. Fires before the task is called with ``ctx.payload``."
     )
     assert len(hooks) == 15
+
+
+def test_configure_error_names_plugin(tmp_path: Path) -> None:
+    (tmp_path / "breaks_configure.py").write_text(
+        "def gw_configure(config):\n    raise RuntimeError('oops in configure')\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("GW_")}
+    environment["PYTHONPATH"] = str(tmp_path)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gwcore.cli", "-p", "breaks_configure", "config"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "plugin 'breaks_configure' raised in gw_configure: RuntimeError: oops in configure" in result.stderr
+    )

@@ -123,8 +123,21 @@ class SlowLog:
             del self.started[key]
 
 
+def _threshold_at_import() -> float:
+    """Return the threshold from the environment, or the default after logging why it is invalid.
+
+    ``gw`` checks the same variable again as the plugin's option, so a bad
+    value still stops ``gw`` with a clear error, but importing the plugin never fails.
+    """
+    try:
+        return read_threshold()
+    except ConfigurationError as error:
+        logger.warning("%s Using %g s.", error, DEFAULT_THRESHOLD)
+        return DEFAULT_THRESHOLD
+
+
 # The instance that the module-level hooks below use, with the threshold from the environment.
-plugin = SlowLog(read_threshold())
+plugin = SlowLog(_threshold_at_import())
 
 
 @hookimpl
@@ -134,7 +147,7 @@ def gw_addoption(parser: OptionParser) -> None:
         type=float,
         default=DEFAULT_THRESHOLD,
         metavar="SECONDS",
-        help=f"log a warning for each job that runs longer than this (default: {DEFAULT_THRESHOLD:g})",
+        help="log a warning for each job that runs longer than this many seconds",
     )
 
 
