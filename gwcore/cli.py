@@ -22,7 +22,6 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from gwcore import __version__, hookspecs
 from gwcore.add import add_job_spec
-from gwcore.cli_admin import add_admin_commands
+from gwcore.cli_admin import add_admin_commands, parse_aware_datetime
 from gwcore.config import (
     COMMAND_LINE,
     CORE_OPTIONS,
@@ -54,6 +53,7 @@ from gwcore.errors import (
 )
 from gwcore.job import JOB_KEY_MODES, JobSpec
 from gwcore.plugins import PluginManager, create_plugin_manager, hook_names
+from gwcore.supervisor import stop_when_orphaned, supervisor_pid, worker_supervisor
 from gwcore.tasks import TaskRegistry
 
 logger = logging.getLogger("gwcore.cli")
@@ -110,7 +110,7 @@ def build_parser(options: Sequence[Option] = CORE_OPTIONS) -> argparse.ArgumentP
     add.add_argument("--queue", metavar="NAME", help="named queue: its jobs run one at a time")
     add.add_argument(
         "--run-at",
-        type=_aware_datetime,
+        type=parse_aware_datetime,
         metavar="TIMESTAMP",
         help="earliest start, ISO 8601 with an offset, e.g. 2030-01-01T09:00:00+00:00 (default: now)",
     )
@@ -210,18 +210,6 @@ def _argument_type(option: Option) -> Callable[[str], Any]:
     return convert
 
 
-def _aware_datetime(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 timestamp; write it like 2030-01-01T09:00:00+00:00"
-        ) from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add one, like {text}+00:00 or {text}Z")
-    return value
-
-
 def _parse_payload(text: str | None) -> Any:
     if text is None:
         return None
@@ -309,6 +297,14 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         print(f"gw: schema {args.schema} is up to date", file=sys.stderr)
         return EXIT_OK
 
+    if args.processes > 1:
+        await _migrate(url, args.schema)
+        embedded_url = None if config.get("connection") else url
+        supervisor = worker_supervisor(args.argv, args.processes, once=args.once, embedded_url=embedded_url)
+        return await supervisor.run()
+
+    # A child of a supervisor skips the migration, which the supervisor ran before starting it.
+    parent_pid = supervisor_pid(os.environ)
     tasks = load_tasks(args.tasks)
     worker = Worker(
         url,
@@ -318,12 +314,18 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         schema=args.schema,
         grace_period=args.grace_period,
         plugin_manager=config.plugin_manager,
+        migrate=parent_pid is None,
         handle_signals=True,
     )
-    if args.once:
-        await worker.run_once()
-    else:
-        await worker.run()
+    watcher = asyncio.create_task(stop_when_orphaned(parent_pid, worker.stop)) if parent_pid else None
+    try:
+        if args.once:
+            await worker.run_once()
+        else:
+            await worker.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
     return EXIT_OK
 
 
@@ -538,6 +540,7 @@ def configure(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
     )
     options = collect_options(manager)
     args = build_parser(options).parse_args(argv)
+    args.argv = list(argv)  # gw worker --processes N runs its children with the same arguments
 
     command_line = {}
     for option in options:

@@ -196,7 +196,7 @@ def _add_job_action_commands(commands: Any, add_common_options: AddCommonOptions
     reschedule.add_argument("job_ids", type=_job_id, nargs="+", metavar="ID", help=ids_help)
     reschedule.add_argument(
         "--run-at",
-        type=_aware_datetime,
+        type=parse_aware_datetime,
         metavar="TIMESTAMP",
         help="new earliest start, ISO 8601 with a UTC offset, e.g. 2030-01-01T09:00:00+00:00 "
         "(default: unchanged)",
@@ -347,7 +347,8 @@ def _job_key(text: str) -> str:
     return text
 
 
-def _aware_datetime(text: str) -> datetime:
+def parse_aware_datetime(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp with a UTC offset, for --run-at options."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

@@ -224,6 +224,16 @@ CORE_OPTIONS: tuple[Option, ...] = (
         commands=_worker_only(),
     ),
     Option(
+        "processes",
+        ("--processes",),
+        int,
+        1,
+        "how many worker processes to run on this host under one supervisor process (default: 1)",
+        minimum=1,
+        metavar="N",
+        commands=_worker_only(),
+    ),
+    Option(
         "plugins",
         ("-p",),
         list,
