@@ -1,0 +1,363 @@
+"""Benchmark gwcore against graphile-worker 0.18 and a SQL floor on the same database.
+
+    .venv/bin/python bench/run.py [--jobs N] [--concurrency C] [--only NAME,...] [--no-graphile]
+
+Prints one JSON line per measurement, then a summary table with the ratios of
+gwcore to graphile-worker and to the SQL floor measured in the same run, and
+the targets. Uses DATABASE_URL, or the local test database by default; every
+run works in a schema of its own that it drops afterwards. docs/performance.md
+describes each measurement and the figures of a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+from typing import Any
+
+import measurements
+import psycopg
+from child import (
+    ensure_graphile_worker,
+    graphile_worker_argv,
+    gwcore_worker_argv,
+    load_average,
+    node_version,
+    sql_floor_argv,
+)
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# A database of its own: graphile-worker stops when any schema in its database gets a breaking
+# migration, which a test suite that creates schemas does many times a second.
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/gwcore_bench"
+MEASUREMENTS = ("throughput", "latency", "floor", "graphile", "enqueue", "hooks", "memory", "large")
+NOT_AVAILABLE = "not available"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--jobs", type=int, default=10_000, help="no-op jobs per throughput run (default: 10000)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=10, help="worker slots and floor connections (default: 10)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per throughput figure; the median is kept (default: 3)"
+    )
+    parser.add_argument(
+        "--latency-samples", type=int, default=1000, help="sequential latency samples (default: 1000)"
+    )
+    parser.add_argument(
+        "--single-adds", type=int, default=1000, help="add_job calls timed one at a time (default: 1000)"
+    )
+    parser.add_argument(
+        "--large-rows",
+        type=int,
+        default=1_000_000,
+        help="unrunnable rows for the large-table run (default: 1000000)",
+    )
+    parser.add_argument(
+        "--only", default=",".join(MEASUREMENTS), help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}"
+    )
+    parser.add_argument(
+        "--graphile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure graphile-worker 0.18 too",
+    )
+    args = parser.parse_args()
+    selected = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = selected - set(MEASUREMENTS)
+    if unknown:
+        parser.error(
+            f"--only names unknown measurement(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(MEASUREMENTS)}"
+        )
+    for option in ("jobs", "concurrency", "repeat", "latency_samples", "single_adds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} is {getattr(args, option)}; it must be at least 1")
+    if args.latency_samples < 2:
+        parser.error("--latency-samples must be at least 2 to compute percentiles")
+    if args.large_rows < 0:
+        parser.error(f"--large-rows is {args.large_rows}; it must be 0 or more")
+    args.selected = selected
+    return args
+
+
+def emit(figure: dict[str, Any], figures: dict[str, dict[str, Any]]) -> None:
+    print(json.dumps(figure), flush=True)
+    figures[figure["measurement"]] = figure
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database that ``url`` names when it does not exist yet."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.OperationalError as error:
+        if "does not exist" not in str(error):
+            raise
+        params = conninfo_to_dict(url)
+        name = params["dbname"]
+        params["dbname"] = "postgres"
+        async with await psycopg.AsyncConnection.connect(make_conninfo(**params), autocommit=True) as admin:
+            await admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        print(f"created database {name} for the benchmark", file=sys.stderr)
+        return
+    await conn.close()
+
+
+async def machine(url: str) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute("show server_version")
+        row = await cursor.fetchone()
+    return {
+        "measurement": "machine",
+        "cores": os.cpu_count(),
+        "postgresql": row[0] if row else None,
+        "python": platform.python_version(),
+        "node": node_version(),
+        "load_at_start": load_average(),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    url = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    await ensure_database(url)
+    jobs, concurrency, repeat = args.jobs, args.concurrency, args.repeat
+    selected = args.selected
+    figures: dict[str, dict[str, Any]] = {}
+    emit(await machine(url), figures)
+
+    def gwcore_argv(observers: str | None = None) -> Any:
+        return lambda schema: gwcore_worker_argv(url, schema, concurrency, jobs, observers=observers)
+
+    if selected & {"throughput", "hooks", "memory", "large"}:
+        emit(
+            await measurements.throughput(
+                url, "throughput/gwcore", jobs, repeat, gwcore_argv(), "gwcore", concurrency=concurrency
+            ),
+            figures,
+        )
+    if "throughput" in selected:
+        # TODO: once Worker takes local-queue and batched-write options, measure them here under the
+        # name "throughput/gwcore-batched", with a local queue of 1000 as for graphile-worker.
+        emit({"measurement": "throughput/gwcore-batched", "result": NOT_AVAILABLE}, figures)
+
+    graphile_problem = (
+        ensure_graphile_worker() if args.graphile and selected & {"graphile", "latency"} else None
+    )
+    run_graphile = args.graphile and graphile_problem is None
+    if graphile_problem:
+        emit({"measurement": "graphile-worker", "result": NOT_AVAILABLE, "reason": graphile_problem}, figures)
+
+    if "graphile" in selected and run_graphile:
+        for batched, name in (
+            (False, "throughput/graphile-worker"),
+            (True, "throughput/graphile-worker-batched"),
+        ):
+            emit(
+                await measurements.throughput(
+                    url,
+                    name,
+                    jobs,
+                    repeat,
+                    lambda schema, batched=batched: graphile_worker_argv(
+                        url, schema, concurrency, jobs, batched=batched
+                    ),
+                    "graphile",
+                    concurrency=concurrency,
+                ),
+                figures,
+            )
+
+    if "floor" in selected:
+        emit(
+            await measurements.throughput(
+                url,
+                "throughput/sql-floor",
+                jobs,
+                repeat,
+                lambda schema: sql_floor_argv(url, schema, concurrency, jobs),
+                "floor",
+                concurrency=concurrency,
+            ),
+            figures,
+        )
+
+    if "latency" in selected:
+        samples = args.latency_samples
+        emit(
+            await measurements.latency(
+                url,
+                "latency/gwcore",
+                samples,
+                lambda schema: gwcore_worker_argv(url, schema, concurrency, 0, report_starts=True),
+                "gwcore",
+            ),
+            figures,
+        )
+        if run_graphile:
+            emit(
+                await measurements.latency(
+                    url,
+                    "latency/graphile-worker",
+                    samples,
+                    lambda schema: graphile_worker_argv(url, schema, concurrency, 0, report_starts=True),
+                    "graphile",
+                ),
+                figures,
+            )
+
+    if "enqueue" in selected:
+        for figure in await measurements.enqueue(url, jobs, args.single_adds, repeat):
+            emit(figure, figures)
+
+    if "hooks" in selected:
+        for kind in ("sync", "async"):
+            emit(
+                await measurements.throughput(
+                    url, f"hooks/{kind}-observers", jobs, repeat, gwcore_argv(kind), "gwcore", observers=10
+                ),
+                figures,
+            )
+
+    if "large" in selected:
+        emit(
+            await measurements.throughput(
+                url,
+                "large-table/gwcore",
+                jobs,
+                repeat,
+                gwcore_argv(),
+                "gwcore",
+                large_rows=args.large_rows,
+                unrunnable_rows=args.large_rows,
+            ),
+            figures,
+        )
+    return figures
+
+
+def rate(figures: dict[str, dict[str, Any]], name: str) -> float | None:
+    figure = figures.get(name)
+    return figure.get("jobs_per_second") if figure else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def targets(figures: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """Return (target, measured, goal, verdict) rows; a figure that was not measured gives "n/a"."""
+    gwcore = rate(figures, "throughput/gwcore")
+    gwcore_batched = rate(figures, "throughput/gwcore-batched")
+    latency_gw = figures.get("latency/gwcore")
+    latency_graphile = figures.get("latency/graphile-worker")
+    rows: list[tuple[str, float | None, float, bool]] = [
+        (
+            "batched / graphile-worker batched",
+            ratio(gwcore_batched, rate(figures, "throughput/graphile-worker-batched")),
+            1.0,
+            True,
+        ),
+        ("batched / SQL floor", ratio(gwcore_batched, rate(figures, "throughput/sql-floor")), 0.6, True),
+        (
+            "defaults / graphile-worker defaults",
+            ratio(gwcore, rate(figures, "throughput/graphile-worker")),
+            1.0,
+            True,
+        ),
+        ("defaults / SQL floor (no target)", ratio(gwcore, rate(figures, "throughput/sql-floor")), 0.0, True),
+    ]
+    for key in ("p50_ms", "p99_ms"):
+        mine = latency_gw[key] if latency_gw else None
+        theirs = latency_graphile[key] if latency_graphile else None
+        rows.append((f"latency {key[:3]} / graphile-worker", ratio(mine, theirs), 1.0, False))
+    for kind in ("sync", "async"):
+        kept = ratio(rate(figures, f"hooks/{kind}-observers"), gwcore)
+        rows.append(
+            (f"10 {kind} observers: throughput lost", None if kept is None else 1 - kept, 0.15, False)
+        )
+    rss = figures.get("throughput/gwcore", {}).get("max_rss_mb")
+    rows.append(("peak RSS of the worker (MB)", rss, 80.0, False))
+    rows.append(("large table / empty", ratio(rate(figures, "large-table/gwcore"), gwcore), 0.8, True))
+
+    table = []
+    for name, value, goal, at_least in rows:
+        percent = "lost" in name or ("/" in name and "(MB)" not in name and "latency" not in name)
+        if value is None:
+            measured, verdict = "n/a", "n/a"
+        else:
+            measured = f"{value:.0%}" if "lost" in name else f"{value:.2f}" + ("" if "MB" in name else "x")
+            verdict = "met" if (value >= goal if at_least else value <= goal) else "missed"
+        goal_text = (
+            f"<= {goal:.0%}"
+            if "lost" in name
+            else ("<= " if not at_least else ">= ") + (f"{goal:g}" if "MB" in name else f"{goal:.2f}x")
+        )
+        if "no target" in name:
+            goal_text, verdict = "-", "-"
+        del percent
+        table.append((name, measured, goal_text, verdict))
+    return table
+
+
+def print_summary(figures: dict[str, dict[str, Any]]) -> None:
+    print()
+    machine_figure = figures.get("machine", {})
+    print(
+        f"machine: {machine_figure.get('cores')} cores, PostgreSQL {machine_figure.get('postgresql')}, "
+        f"Python {machine_figure.get('python')}, Node {machine_figure.get('node')}, "
+        f"load at start {machine_figure.get('load_at_start')}, load at end {load_average()}"
+    )
+    print()
+    print(f"{'throughput':<36} {'jobs':>7} {'jobs/s':>9} {'best':>9} {'RSS MB':>7}  load per run")
+    for name, figure in figures.items():
+        if not name.startswith(("throughput/", "hooks/", "large-table/")) or "jobs_per_second" not in figure:
+            if figure.get("result") == NOT_AVAILABLE:
+                print(f"{name:<36} {NOT_AVAILABLE}")
+            continue
+        print(
+            f"{name:<36} {figure['jobs']:>7} {figure['jobs_per_second']:>9.1f} "
+            f"{figure['best_jobs_per_second']:>9.1f} {figure['max_rss_mb']:>7.1f}  {figure['runs_load']}"
+        )
+    enqueue = [figure for name, figure in figures.items() if name.startswith("enqueue/")]
+    if enqueue:
+        print()
+        print(f"{'enqueue':<36} {'jobs':>7} {'jobs/s':>9}")
+        for figure in enqueue:
+            print(f"{figure['measurement']:<36} {figure['jobs']:>7} {figure['jobs_per_second']:>9.1f}")
+    latency = [figure for name, figure in figures.items() if name.startswith("latency/")]
+    if latency:
+        print()
+        print(f"{'latency (ms)':<36} {'samples':>7} {'min':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
+        for figure in latency:
+            print(
+                f"{figure['measurement']:<36} {figure['samples']:>7} {figure['min_ms']:>7.2f} "
+                f"{figure['p50_ms']:>7.2f} {figure['p95_ms']:>7.2f} {figure['p99_ms']:>7.2f} "
+                f"{figure['max_ms']:>7.2f}"
+            )
+    print()
+    print(f"{'ratio or target':<40} {'measured':>9} {'target':>9}  verdict")
+    for name, measured, goal, verdict in targets(figures):
+        print(f"{name:<40} {measured:>9} {goal:>9}  {verdict}")
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    figures = asyncio.run(run(args))
+    print_summary(figures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
