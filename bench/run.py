@@ -293,22 +293,25 @@ def targets(figures: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str
 
     table = []
     for name, value, goal, at_least in rows:
-        percent = "lost" in name or ("/" in name and "(MB)" not in name and "latency" not in name)
-        if value is None:
-            measured, verdict = "n/a", "n/a"
-        else:
-            measured = f"{value:.0%}" if "lost" in name else f"{value:.2f}" + ("" if "MB" in name else "x")
-            verdict = "met" if (value >= goal if at_least else value <= goal) else "missed"
-        goal_text = (
-            f"<= {goal:.0%}"
-            if "lost" in name
-            else ("<= " if not at_least else ">= ") + (f"{goal:g}" if "MB" in name else f"{goal:.2f}x")
-        )
+        measured, verdict = "n/a", "n/a"
+        if value is not None:
+            measured = _format_figure(name, value)
+            reached = value >= goal if at_least else value <= goal
+            verdict = "met" if reached else "missed"
+        goal_text = ("<= " if not at_least else ">= ") + _format_figure(name, goal)
         if "no target" in name:
             goal_text, verdict = "-", "-"
-        del percent
         table.append((name, measured, goal_text, verdict))
     return table
+
+
+def _format_figure(name: str, value: float) -> str:
+    """Format a measured value or a goal: a percentage of throughput lost, megabytes, or a ratio."""
+    if "lost" in name:
+        return f"{value:.0%}"
+    if "MB" in name:
+        return f"{value:g}" if value == int(value) else f"{value:.2f}"
+    return f"{value:.2f}x"
 
 
 def print_summary(figures: dict[str, dict[str, Any]]) -> None:

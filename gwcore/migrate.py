@@ -55,7 +55,7 @@ class Migration:
 
 @dataclass(frozen=True)
 class MigrationResult:
-    """What `migrate` did, and the schema revision it left behind.
+    """Outcome of `migrate`: the migrations it applied and the schema revision it left behind.
 
     ``applied`` lists the graphile-worker-series migrations that this call applied.
     ``latest`` is the highest one recorded in the database, which can be newer than the

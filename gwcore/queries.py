@@ -85,7 +85,7 @@ from {schema}.add_jobs(
 """
 
 # Ids of the tasks and queues that a batch names. It is sent in the same pipeline as the batch
-# and runs after it, so it sees the task and queue rows that the batch inserted.
+# and runs after it, so the task and queue rows that the batch inserted are visible to it.
 _TASK_AND_QUEUE_NAMES = """
 select 'task' as kind, id, identifier as name
 from {schema}._private_tasks where identifier = any(%(identifiers)s::text[])

@@ -38,8 +38,8 @@ from gwcore.errors import SchemaTooNewError
 
 logger = logging.getLogger("gwcore.supervisor")
 
-# Set in each child's environment to the supervisor's pid; the child then skips the
-# migration that the supervisor already ran, and stops when the supervisor is gone.
+# Set in each child's environment to the supervisor's pid. A child with it skips the migration,
+# because the supervisor already ran it, and stops when the supervisor is gone.
 SUPERVISED_ENV = "GW_SUPERVISED"
 
 EXIT_OK = 0

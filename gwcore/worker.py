@@ -2,7 +2,7 @@
 
 A worker runs ``concurrency`` slots. Each slot fetches one job with one
 statement (``FOR UPDATE SKIP LOCKED``), runs it in an asyncio task of its own
-and fetches again; an idle slot waits for a ``jobs:insert`` notification or
+and fetches again. An idle slot waits for a ``jobs:insert`` notification or
 the poll interval, whichever comes first.
 
 Shutdown stops fetching, lets running jobs finish within the grace period,
@@ -520,7 +520,7 @@ class Worker:
 
         Returns the row (or True) once written, and False when the job was no
         longer locked by this worker. While running, it retries until it
-        succeeds; during shutdown it gives up after `OUTCOME_WRITE_DEADLINE`
+        succeeds. During shutdown it gives up after `OUTCOME_WRITE_DEADLINE`
         seconds and leaves the job locked, so that it is recovered rather than
         run twice.
         """

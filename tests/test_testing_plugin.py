@@ -198,7 +198,10 @@ async def test_run_until_idle_leaves_unrunnable_jobs(
     other = await gw_add_job("other_task", {"case": "other task"})
     flagged = await gw_add_job("noop", {"case": "flagged"}, flags=["paused"])
     ready = await gw_add_job("noop", {"case": "ready"})
-    assert later is not None and other is not None and flagged is not None and ready is not None
+    assert later is not None
+    assert other is not None
+    assert flagged is not None
+    assert ready is not None
 
     await run_until_idle(worker, timeout=60)
 
