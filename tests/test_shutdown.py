@@ -7,6 +7,7 @@ an interrupted attempt is not counted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 import threading
@@ -296,6 +297,78 @@ async def test_cancelled_run_hands_back(
     assert row["locked_by"] is None
     assert recorder.interrupted == [(job.id, "shutdown")]
     assert await locked_by(gw_conn, gw_schema, "worker-cancelled") == (0, 0)
+
+
+async def test_untracked_lock_handed_back(
+    gw_database_url: str, gw_schema: str, gw_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # A fetch whose reply never arrived leaves a job locked by the worker without the worker
+    # knowing it. The last unlock at shutdown must hand it back with its attempt given back.
+    job = await add(gw_conn, gw_schema, "unknown_to_worker", queue_name="lost_reply")
+    worker = make_worker(
+        gw_database_url, gw_schema, {"noop": lambda payload, ctx: None}, worker_id="worker-lost-reply"
+    )
+    run_task = asyncio.create_task(worker.run())
+    await wait_until(lambda: _worker_listening(gw_conn, worker), "the worker to start")
+    await gw_conn.execute(
+        sql.SQL(
+            "with locked as (update {s}._private_jobs set locked_by = %(w)s, locked_at = now(),"
+            " attempts = attempts + 1 where id = %(id)s returning job_queue_id)"
+            " update {s}._private_job_queues as q set locked_by = %(w)s, locked_at = now()"
+            " from locked where q.id = locked.job_queue_id"
+        ).format(s=sql.Identifier(gw_schema)),
+        {"w": "worker-lost-reply", "id": job.id},
+    )
+
+    worker.stop()
+    await asyncio.wait_for(run_task, WAIT_TIMEOUT)
+
+    row = await job_row(gw_conn, gw_schema, job.id)
+    assert row is not None
+    assert row["attempts"] == 0
+    assert row["locked_by"] is None
+    assert await locked_by(gw_conn, gw_schema, "worker-lost-reply") == (0, 0)
+
+
+async def _worker_listening(conn: psycopg.AsyncConnection[Any], worker: gwcore.Worker) -> bool:
+    listener = worker._listener
+    return listener is not None and listener.connected.is_set()
+
+
+async def test_unwritten_outcome_stays_locked(
+    gw_database_url: str,
+    gw_schema: str,
+    gw_conn: psycopg.AsyncConnection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A job whose task succeeded but whose completion cannot be written must not be handed
+    # back, or it would run a second time: it stays locked for the stale-lock sweep.
+    monkeypatch.setattr("gwcore.worker.OUTCOME_WRITE_DEADLINE", 0.5)
+    ran: list[int] = []
+
+    async def succeeds(payload: Any, ctx: gwcore.JobContext) -> None:
+        ran.append(ctx.id)
+
+    job = await add(gw_conn, gw_schema, "succeeds")
+    worker = make_worker(gw_database_url, gw_schema, {"succeeds": succeeds}, worker_id="worker-unwritten")
+    # Every completion fails as a dropped connection would, with a psycopg error.
+    broken = dataclasses.replace(worker._queries, complete_job=b"select 1 / 0")
+    monkeypatch.setattr(worker, "_queries", broken)
+    run_task = asyncio.create_task(worker.run())
+    await wait_until(lambda: _ran(ran), "the task to run")
+
+    worker.stop()
+    await asyncio.wait_for(run_task, WAIT_TIMEOUT)
+
+    row = await job_row(gw_conn, gw_schema, job.id)
+    assert ran == [job.id]
+    assert row is not None
+    assert row["locked_by"] == "worker-unwritten"
+    assert row["attempts"] == 1
+
+
+async def _ran(ran: list[int]) -> bool:
+    return bool(ran)
 
 
 async def test_schema_too_new_raises(
