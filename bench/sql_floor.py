@@ -1,7 +1,7 @@
 """Run gwcore's fetch and complete statements with no worker around them, for bench/run.py.
 
 ``--concurrency`` connections each loop: fetch one job with
-``queries_for(schema).fetch_job``, delete it with ``complete_job``, and when
+``queries_for(schema).fetch_job``, delete it with ``complete_jobs``, and when
 no job is ready, sleep 1 ms and try again (the parent adds jobs while this
 runs). The same event protocol as gwcore_worker.py: ``ready``, ``ran`` after
 ``--jobs`` jobs, and ``stopped`` after ``stop`` arrives on stdin.
@@ -28,7 +28,7 @@ def emit(event: dict[str, Any]) -> None:
 
 async def drain(url: str, schema: str, params: dict[str, Any], state: dict[str, int], target: int) -> None:
     queries = queries_for(schema)
-    delete_params = {"worker_id": params["worker_id"], "job_id": 0}
+    delete_params: dict[str, object] = {"worker_id": params["worker_id"], "job_ids": []}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while state["done"] < target:
             cursor = await conn.execute(queries.fetch_job, params)
@@ -36,8 +36,8 @@ async def drain(url: str, schema: str, params: dict[str, Any], state: dict[str, 
             if row is None:
                 await asyncio.sleep(0.001)
                 continue
-            delete_params["job_id"] = row[0]
-            await conn.execute(queries.complete_job, delete_params)
+            delete_params["job_ids"] = [row[0]]
+            await conn.execute(queries.complete_jobs, delete_params)
             state["done"] += 1
             if state["done"] == target:
                 emit({"event": "ran", "count": target})

@@ -313,6 +313,8 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         poll_interval=args.poll_interval,
         schema=args.schema,
         grace_period=args.grace_period,
+        complete_job_batch_delay=args.complete_job_batch_delay,
+        fail_job_batch_delay=args.fail_job_batch_delay,
         plugin_manager=config.plugin_manager,
         migrate=parent_pid is None,
         handle_signals=True,

@@ -224,6 +224,30 @@ CORE_OPTIONS: tuple[Option, ...] = (
         commands=_worker_only(),
     ),
     Option(
+        "complete_job_batch_delay",
+        ("--complete-batch-delay",),
+        float,
+        None,
+        "write completions in batches, each collecting for this many seconds; 0 batches the "
+        "completions that are ready at the same moment (default: off, each written at once)",
+        minimum=0,
+        unit="seconds",
+        metavar="SECONDS",
+        commands=_worker_only(),
+    ),
+    Option(
+        "fail_job_batch_delay",
+        ("--fail-batch-delay",),
+        float,
+        None,
+        "write failed attempts in batches, each collecting for this many seconds; 0 batches the "
+        "failures that are ready at the same moment (default: off, each written at once)",
+        minimum=0,
+        unit="seconds",
+        metavar="SECONDS",
+        commands=_worker_only(),
+    ),
+    Option(
         "processes",
         ("--processes",),
         int,

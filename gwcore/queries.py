@@ -31,9 +31,8 @@ class Queries:
     insert_missing_tasks: bytes
     fetch_job: bytes
     fetch_job_with_flags: bytes
-    complete_job: bytes
-    complete_queued_job: bytes
-    fail_job: bytes
+    complete_jobs: bytes
+    fail_jobs: bytes
     return_jobs: bytes
     unlock_worker: bytes
     release_stale_locks: bytes
@@ -151,37 +150,37 @@ returning jobs.*, (select queue_name from locked_queue) as queue_name
 
 _FLAGS_FILTER = "and ((jobs.flags ?| %(forbidden_flags)s::text[]) is not true)"
 
-_COMPLETE_JOB = """
-delete from {schema}._private_jobs
-where id = %(job_id)s::bigint and locked_by = %(worker_id)s::text
-"""
-
-_COMPLETE_QUEUED_JOB = """
+# Delete finished jobs and unlock their queues; one statement for one job or a batch.
+_COMPLETE_JOBS = """
 with done as (
     delete from {schema}._private_jobs
-    where id = %(job_id)s::bigint and locked_by = %(worker_id)s::text
-    returning job_queue_id
+    where id = any(%(job_ids)s::bigint[]) and locked_by = %(worker_id)s::text
+    returning id, job_queue_id
+),
+unlocked_queues as (
+    update {schema}._private_job_queues as queues
+    set locked_by = null, locked_at = null
+    from done
+    where queues.id = done.job_queue_id and queues.locked_by = %(worker_id)s::text
 )
-update {schema}._private_job_queues as queues
-set locked_by = null, locked_at = null
-from done
-where queues.id = done.job_queue_id and queues.locked_by = %(worker_id)s::text
+select id from done
 """
 
-# Record a failed attempt: the error, and the next run_at after an exponential backoff of
+# Record failed attempts: each job's error, and the next run_at after an exponential backoff of
 # e^min(attempts, 10) seconds. At attempts = max_attempts the row is permanently failed.
-_FAIL_JOB = """
+_FAIL_JOBS = """
 with failed as (
     update {schema}._private_jobs as jobs
     set
-        last_error = %(error)s::text,
+        last_error = attempt.error,
         run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
         locked_by = null,
         locked_at = null
-    where jobs.id = %(job_id)s::bigint and jobs.locked_by = %(worker_id)s::text
+    from unnest(%(job_ids)s::bigint[], %(errors)s::text[]) as attempt(id, error)
+    where jobs.id = attempt.id and jobs.locked_by = %(worker_id)s::text
     returning jobs.*
 ),
-unlocked_queue as (
+unlocked_queues as (
     update {schema}._private_job_queues as queues
     set locked_by = null, locked_at = null
     from failed
@@ -279,9 +278,8 @@ def queries_for(schema: str) -> Queries:
         insert_missing_tasks=_render(_INSERT_MISSING_TASKS, schema),
         fetch_job=_render(_FETCH_JOB.replace("{flags_filter}", ""), schema),
         fetch_job_with_flags=_render(_FETCH_JOB.replace("{flags_filter}", _FLAGS_FILTER), schema),
-        complete_job=_render(_COMPLETE_JOB, schema),
-        complete_queued_job=_render(_COMPLETE_QUEUED_JOB, schema),
-        fail_job=_render(_FAIL_JOB, schema),
+        complete_jobs=_render(_COMPLETE_JOBS, schema),
+        fail_jobs=_render(_FAIL_JOBS, schema),
         return_jobs=_render(_RETURN_JOBS, schema),
         unlock_worker=_render(_UNLOCK_WORKER, schema),
         release_stale_locks=_render(_RELEASE_STALE_LOCKS, schema),

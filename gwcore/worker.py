@@ -35,6 +35,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gwcore.batching import OutcomeBatcher
 from gwcore.contexts import (
     AfterJobRunContext,
     BeforeJobRunContext,
@@ -79,6 +80,8 @@ class _RunningJob:
     abort_signal: threading.Event = field(default_factory=threading.Event)
     task_call: asyncio.Future[Any] | None = None
     interrupted: bool = False
+    # Set when the slot may fetch its next job: the outcome is queued for a batched write.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Worker:
@@ -103,6 +106,8 @@ class Worker:
         plugin_manager: PluginManager | None = None,
         forbidden_flags: ForbiddenFlags = None,
         grace_period: float = 5.0,
+        complete_job_batch_delay: float | None = None,
+        fail_job_batch_delay: float | None = None,
         extensions: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
         listen: bool = True,
@@ -113,6 +118,12 @@ class Worker:
         _check_number("concurrency", concurrency, minimum=1, integer=True)
         _check_number("poll_interval", poll_interval, minimum=0, exclusive=True)
         _check_number("grace_period", grace_period, minimum=0)
+        for name, delay in (
+            ("complete_job_batch_delay", complete_job_batch_delay),
+            ("fail_job_batch_delay", fail_job_batch_delay),
+        ):
+            if delay is not None:
+                _check_number(name, delay, minimum=0)
         if tasks is not None and not isinstance(tasks, Mapping):
             raise ConfigurationError(
                 f"tasks is invalid: {tasks!r} is of type {type(tasks).__name__}; pass a mapping "
@@ -129,6 +140,13 @@ class Worker:
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
         self.grace_period = float(grace_period)
+        # Off (None) by default: each outcome is written on its own as soon as it is known.
+        self._complete_batcher: OutcomeBatcher[int] | None = None
+        if complete_job_batch_delay is not None:
+            self._complete_batcher = OutcomeBatcher(self._write_completion_batch, complete_job_batch_delay)
+        self._fail_batcher: OutcomeBatcher[tuple[int, str]] | None = None
+        if fail_job_batch_delay is not None:
+            self._fail_batcher = OutcomeBatcher(self._write_failures, fail_job_batch_delay)
         self.schema = schema
         self.extensions: Mapping[str, Any] = extensions or {}
         self.worker_id = worker_id or f"worker-{secrets.token_hex(10)}"
@@ -182,6 +200,9 @@ class Worker:
             self._shutdown_reason = reason
         self._stopping = True
         self._immediate = self._immediate or immediate
+        for batcher in (self._complete_batcher, self._fail_batcher):
+            if batcher is not None:
+                batcher.write_at_once()
         for waiter in self._idle_slots:
             if not waiter.done():
                 waiter.set_result(None)
@@ -193,6 +214,9 @@ class Worker:
     async def _run(self, *, until_idle: bool) -> None:
         self._stopping = False
         self._immediate = False
+        for batcher in (self._complete_batcher, self._fail_batcher):
+            if batcher is not None:
+                batcher.resume()
         self._stop_requested = asyncio.Event()
         await self.plugins.notify(
             "gw_worker_init",
@@ -330,10 +354,15 @@ class Worker:
                 await self._wait_for_work(self.poll_interval)
                 continue
 
-            job_task = asyncio.create_task(self._process(job), name=f"gwcore-job-{job.id}")
+            running = _RunningJob(job)
+            job_task = asyncio.create_task(self._process(running), name=f"gwcore-job-{job.id}")
             self._job_tasks.add(job_task)
             job_task.add_done_callback(self._job_tasks.discard)
-            await asyncio.wait([job_task])
+            # A batched outcome releases the slot before it is written, so the slot fetches on
+            # while the job's task waits for the batch and fires its hooks.
+            released = asyncio.create_task(running.released.wait())
+            await asyncio.wait([job_task, released], return_when=asyncio.FIRST_COMPLETED)
+            released.cancel()
 
     # -- waking idle slots ---------------------------------------------------
 
@@ -399,8 +428,8 @@ class Worker:
             return list(value)
         return list(flags)
 
-    async def _process(self, job: Job) -> None:
-        running = _RunningJob(job)
+    async def _process(self, running: _RunningJob) -> None:
+        job = running.job
         self._running[job.id] = running
         try:
             await self._process_job(running)
@@ -478,12 +507,11 @@ class Worker:
 
     async def _record_success(self, running: _RunningJob, duration: float) -> None:
         job = running.job
-        statement = (
-            self._queries.complete_job if job.job_queue_id is None else self._queries.complete_queued_job
-        )
-        written = await self._write_outcome(
-            running, statement, {"job_id": job.id, "worker_id": self.worker_id}
-        )
+        if self._complete_batcher is not None:
+            running.released.set()
+            written = await self._complete_batcher.submit(job.id, job.id)
+        else:
+            written = job.id in await self._write_completions([job.id])
         if written:
             await self.plugins.notify(
                 "gw_job_complete",
@@ -492,8 +520,11 @@ class Worker:
 
     async def _record_failure(self, running: _RunningJob, error: BaseException) -> None:
         job = running.job
-        params = {"job_id": job.id, "worker_id": self.worker_id, "error": format_error(error)}
-        row = await self._write_outcome(running, self._queries.fail_job, params, returns_row=True)
+        if self._fail_batcher is not None:
+            running.released.set()
+            row = await self._fail_batcher.submit(job.id, (job.id, format_error(error)))
+        else:
+            row = (await self._write_failures([(job.id, format_error(error))])).get(job.id)
         if not row:
             return
         failed = Job.from_row(row, task_identifier=job.task_identifier, queue_name=job.queue_name)
@@ -508,21 +539,13 @@ class Worker:
                 JobPermanentlyFailContext(job=failed, worker_id=self.worker_id, error=error),
             )
 
-    async def _write_outcome(
-        self,
-        running: _RunningJob,
-        statement: Any,
-        params: dict[str, Any],
-        *,
-        returns_row: bool = False,
-    ) -> Any:
-        """Write a job's outcome, retrying while the database is unreachable.
+    async def _write_outcome(self, job_ids: Sequence[int], statement: bytes, params: dict[str, Any]) -> Any:
+        """Run an outcome statement for ``job_ids``, retrying while the database is unreachable.
 
-        Returns the row (or True) once written, and False when the job was no
-        longer locked by this worker. While running, it retries until it
-        succeeds. During shutdown it gives up after `OUTCOME_WRITE_DEADLINE`
-        seconds and leaves the job locked, so that it is recovered rather than
-        run twice.
+        Returns the statement's rows, or None when it was given up. While
+        running, it retries until it succeeds. During shutdown it gives up
+        after `OUTCOME_WRITE_DEADLINE` seconds and leaves the jobs locked, so
+        that they are recovered rather than run twice.
         """
         failures = 0
         deadline: float | None = None
@@ -531,40 +554,64 @@ class Worker:
                 async with self.pool.connection() as conn:
                     async with conn.cursor(row_factory=dict_row) as cursor:
                         await cursor.execute(statement, params)
-                        if returns_row:
-                            row = await cursor.fetchone()
-                            written: Any = row or False
-                        else:
-                            written = cursor.rowcount > 0
-                if not written:
-                    logger.warning(
-                        "job %d was no longer locked by worker %s, so its outcome was not written",
-                        running.job.id,
-                        self.worker_id,
-                    )
-                return written
+                        return await cursor.fetchall()
             except (psycopg.Error, PoolTimeout) as error:
                 if self._stopping and deadline is None:
                     deadline = time.monotonic() + OUTCOME_WRITE_DEADLINE
                 if deadline is not None and time.monotonic() > deadline:
                     logger.error(
-                        "the outcome of job %d could not be written (%s); it stays locked by %s "
-                        "until the stale-lock sweep releases it",
-                        running.job.id,
+                        "the outcome of job(s) %s could not be written (%s); they stay locked by %s "
+                        "until the stale-lock sweep releases them",
+                        _id_list(job_ids),
                         error,
                         self.worker_id,
                     )
-                    self._unwritten_outcomes.add(running.job.id)
-                    return False
+                    self._unwritten_outcomes.update(job_ids)
+                    return None
                 delay = retry_delay(failures)
                 failures += 1
                 logger.warning(
-                    "writing the outcome of job %d failed (%s); retrying in %.1f s",
-                    running.job.id,
+                    "writing the outcome of job(s) %s failed (%s); retrying in %.1f s",
+                    _id_list(job_ids),
                     error,
                     delay,
                 )
                 await asyncio.sleep(delay)
+
+    async def _write_completions(self, job_ids: Sequence[int]) -> set[int]:
+        """Delete finished jobs in one statement; return the ids that were deleted."""
+        params = {"job_ids": list(job_ids), "worker_id": self.worker_id}
+        rows = await self._write_outcome(job_ids, self._queries.complete_jobs, params)
+        written = {int(row["id"]) for row in rows or ()}
+        self._warn_not_locked(job_ids, written, rows)
+        return written
+
+    async def _write_completion_batch(self, job_ids: Sequence[int]) -> dict[int, bool]:
+        return dict.fromkeys(await self._write_completions(job_ids), True)
+
+    async def _write_failures(self, failures: Sequence[tuple[int, str]]) -> dict[int, dict[str, Any]]:
+        """Record failed attempts in one statement; return the updated rows by job id."""
+        job_ids = [job_id for job_id, _ in failures]
+        params = {
+            "job_ids": job_ids,
+            "errors": [error for _, error in failures],
+            "worker_id": self.worker_id,
+        }
+        rows = await self._write_outcome(job_ids, self._queries.fail_jobs, params)
+        written = {int(row["id"]): row for row in rows or ()}
+        self._warn_not_locked(job_ids, set(written), rows)
+        return written
+
+    def _warn_not_locked(self, job_ids: Sequence[int], written: set[int], rows: Any) -> None:
+        if rows is None:
+            return  # given up, and logged as such
+        missing = [job_id for job_id in job_ids if job_id not in written]
+        if missing:
+            logger.warning(
+                "job(s) %s were no longer locked by worker %s, so their outcome was not written",
+                _id_list(missing),
+                self.worker_id,
+            )
 
     async def _hand_back(self, running: _RunningJob) -> None:
         job = running.job
@@ -631,6 +678,7 @@ class Worker:
         )
         try:
             await self._finish_running_jobs()
+            await self._flush_outcomes()
             await self._unlock_remaining()
             await self.plugins.notify(
                 "gw_worker_shutdown",
@@ -667,6 +715,12 @@ class Worker:
             )
         self._interrupt_jobs()
         await asyncio.wait(set(self._job_tasks), timeout=OUTCOME_WRITE_DEADLINE + 5)
+
+    async def _flush_outcomes(self) -> None:
+        """Write the outcomes still waiting in a batch, before the last unlock and the pool's close."""
+        for batcher in (self._complete_batcher, self._fail_batcher):
+            if batcher is not None:
+                await batcher.flush()
 
     async def _unlock_remaining(self) -> None:
         if self._pool is None:
@@ -752,3 +806,9 @@ def _check_number(
         raise ConfigurationError(f"{name} is invalid: {value!r} is not {kind}; pass {kind} {bound}.")
     if value < minimum or (exclusive and value == minimum):
         raise ConfigurationError(f"{name} is invalid: {value!r}; it must be {bound}.")
+
+
+def _id_list(job_ids: Sequence[int]) -> str:
+    """Return job ids for a log line, shortened after the first ten."""
+    shown = ", ".join(str(job_id) for job_id in job_ids[:10])
+    return shown if len(job_ids) <= 10 else f"{shown} and {len(job_ids) - 10} more"

@@ -352,7 +352,7 @@ async def test_unwritten_outcome_stays_locked(
     job = await add(gw_conn, gw_schema, "succeeds")
     worker = make_worker(gw_database_url, gw_schema, {"succeeds": succeeds}, worker_id="worker-unwritten")
     # Every completion fails as a dropped connection would, with a psycopg error.
-    broken = dataclasses.replace(worker._queries, complete_job=b"select 1 / 0")
+    broken = dataclasses.replace(worker._queries, complete_jobs=b"select 1 / 0")
     monkeypatch.setattr(worker, "_queries", broken)
     run_task = asyncio.create_task(worker.run())
     await wait_until(lambda: _ran(ran), "the task to run")
