@@ -1,9 +1,9 @@
 """Batched writes of job outcomes: many completions (or failures) in one statement.
 
 A job that finishes submits its outcome and waits. The first submission of a
-batch starts a timer of ``delay`` seconds; when it fires, every outcome
+batch starts a timer of ``delay`` seconds. When it fires, every outcome
 submitted so far goes to the database in one statement, and each waiting job
-learns whether its own row was written. A delay of 0 batches whatever is
+receives the result for its own row. A delay of 0 batches whatever is
 ready at the next turn of the event loop.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 
-# Writes a batch and returns the result of each written job by id; a job missing from the
-# mapping was not written (no longer locked by this worker, or the write was given up).
+# Writes a batch and returns the result of each written job by id. A job missing from the
+# mapping was not written, because this worker no longer locked it or the write was given up.
 WriteBatch = Callable[[Sequence[Item]], Awaitable[Mapping[int, Any]]]
 
 
