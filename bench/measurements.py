@@ -30,8 +30,8 @@ SETTLE_SECONDS = 0.5
 # because another schema in the database was migrated.
 MAX_RETRIES = 3
 
-# How the schema is prepared before the worker starts: "gwcore" migrates it, "floor" migrates it
-# and inserts the task row that sql_floor.py looks up, "graphile" leaves it to graphile-worker.
+# Preparation of the schema before the worker starts. "gwcore" migrates it, "floor" migrates it
+# and inserts the task row that sql_floor.py looks up, and "graphile" leaves it to graphile-worker.
 Prepare = str
 
 
@@ -40,7 +40,7 @@ def new_schema(label: str) -> str:
 
 
 def adder_plugins() -> gwcore.PluginManager:
-    """A plugin manager with no plugin, so that adding costs the same for every worker measured."""
+    """Return a plugin manager with no plugin, so that adding costs the same for every worker measured."""
     return gwcore.create_plugin_manager(builtins=False, entry_points=False, requests=[])
 
 
@@ -112,7 +112,7 @@ async def add_all(
 
 
 async def wait_until_done(conn: psycopg.AsyncConnection[Any], schema: str, first_id: int) -> None:
-    """Poll every 2 ms until no job with id >= ``first_id`` is left (the primary key answers it)."""
+    """Poll every 2 ms until no job with id >= ``first_id`` is left, through the primary key."""
     statement = sql.SQL("select exists (select 1 from {}._private_jobs where id >= %s)").format(
         sql.Identifier(schema)
     )

@@ -19,7 +19,7 @@ coordination beyond starting, signalling and restarting them.
   `RestartPolicy.window` seconds, with exit code 1.
 
 Children run in their own process group, so that Ctrl-C in a terminal reaches
-only the supervisor and each child gets the signal exactly once.
+only the supervisor, and each child receives each signal once, from the supervisor.
 """
 
 from __future__ import annotations

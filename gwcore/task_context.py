@@ -25,7 +25,7 @@ class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class JobContext:
-    """The job a task runs, and the worker running it, as the task sees them.
+    """Context of a job for its task: the job's row and the worker running it.
 
     The job's row fields are attributes (``ctx.id``, ``ctx.attempts``,
     ``ctx.queue_name`` ...) and the whole row is ``ctx.job``.

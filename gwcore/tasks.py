@@ -1,8 +1,8 @@
 """Task registry: which function runs the jobs of each task identifier.
 
 A task is called as ``task(payload, ctx)``, where ``ctx`` is a `JobContext`.
-It may be ``async def`` or a plain ``def``; the worker runs plain functions in
-a thread pool so that they never block the event loop.
+It may be ``async def`` or a plain ``def``. The worker runs plain functions in
+a thread pool, so that they do not block the event loop.
 
 Tasks are registered with the `task` decorator, by importing a module whose
 functions use that decorator, or from a directory in which ``send_email.py``

@@ -358,6 +358,10 @@ class Worker:
             job_task = asyncio.create_task(self._process(running), name=f"gwcore-job-{job.id}")
             self._job_tasks.add(job_task)
             job_task.add_done_callback(self._job_tasks.discard)
+            if self._complete_batcher is None and self._fail_batcher is None:
+                await asyncio.wait([job_task])
+                continue
+
             # A batched outcome releases the slot before it is written, so the slot fetches on
             # while the job's task waits for the batch and fires its hooks.
             released = asyncio.create_task(running.released.wait())

@@ -688,7 +688,7 @@ async def test_bigint_job_ids(gw_conn: psycopg.AsyncConnection[Any], gw_schema: 
 def _tagger(
     name: str, log: list[tuple[str, Any]], *, tryfirst: bool = False, trylast: bool = False
 ) -> SimpleNamespace:
-    """Return a plugin that records the payload it sees and adds ``{name: True}`` to it."""
+    """Return a plugin that records the payload it receives and adds ``{name: True}`` to it."""
 
     @gwcore.hookimpl(tryfirst=tryfirst, trylast=trylast)
     def gw_before_job_schedule(ctx: Any) -> JobScheduleResult:

@@ -127,7 +127,7 @@ def _threshold_at_import() -> float:
     """Return the threshold from the environment, or the default after logging why it is invalid.
 
     ``gw`` checks the same variable again as the plugin's option, so a bad
-    value still stops ``gw`` with a clear error, but importing the plugin never fails.
+    value still stops ``gw`` with a clear error, but a bad value does not make the import fail.
     """
     try:
         return read_threshold()
