@@ -17,10 +17,18 @@ from psycopg import sql
 BENCH_DIR = Path(__file__).resolve().parent
 GRAPHILE_VERSION = "0.18.0"
 GRAPHILE_DIR = Path.home() / ".cache" / "gwcore" / "graphile-worker" / GRAPHILE_VERSION
+# The batched settings, the same for gwcore and graphile-worker (bench/graphile/worker.mjs): a local
+# queue of this many jobs, and completions and failures written in batches with a delay of 0 s.
+LOCAL_QUEUE_SIZE = 1000
+BATCH_DELAY = 0
 
 
 class ChildError(Exception):
     """A worker process exited, or did not report an event in time."""
+
+
+class ChildTimeoutError(ChildError):
+    """A worker process is still running but did not report an event in time."""
 
 
 class Child:
@@ -43,14 +51,14 @@ class Child:
     async def next_event(self, expected: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
         """Return the next event named ``expected``, skipping others.
 
-        Raises `ChildError` when the child exits or the wait times out.
+        Raises `ChildError` when the child exits, and `ChildTimeoutError` when the wait times out.
         """
         assert self.process.stdout is not None
         while True:
             try:
                 line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
             except TimeoutError:
-                raise ChildError(
+                raise ChildTimeoutError(
                     f"{self.name} reported no {expected!r} event within {timeout:.0f} s"
                 ) from None
             if not line:
@@ -92,19 +100,26 @@ def gwcore_worker_argv(
     *,
     observers: str | None = None,
     report_starts: bool = False,
+    batched: bool = False,
 ) -> list[str]:
+    """Return the command line of a gwcore worker, with the batched settings when ``batched``."""
     argv = [sys.executable, str(BENCH_DIR / "gwcore_worker.py"), "--url", url, "--schema", schema]
     argv += ["--concurrency", str(concurrency), "--jobs", str(jobs)]
     if observers:
         argv += ["--observers", observers]
     if report_starts:
         argv.append("--report-starts")
+    if batched:
+        argv += ["--local-queue-size", str(LOCAL_QUEUE_SIZE)]
+        argv += ["--complete-batch-delay", str(BATCH_DELAY), "--fail-batch-delay", str(BATCH_DELAY)]
     return argv
 
 
-def sql_floor_argv(url: str, schema: str, concurrency: int, jobs: int) -> list[str]:
+def sql_floor_argv(url: str, schema: str, connections: int, jobs: int) -> list[str]:
+    """Return the command line of the SQL floor, fetching `LOCAL_QUEUE_SIZE` jobs per statement."""
     argv = [sys.executable, str(BENCH_DIR / "sql_floor.py"), "--url", url, "--schema", schema]
-    return [*argv, "--concurrency", str(concurrency), "--jobs", str(jobs)]
+    argv += ["--concurrency", str(connections), "--jobs", str(jobs)]
+    return [*argv, "--batch-size", str(LOCAL_QUEUE_SIZE)]
 
 
 def graphile_worker_argv(
@@ -125,7 +140,7 @@ def graphile_worker_argv(
         "concurrency": concurrency,
         "jobs": jobs,
         "batched": batched,
-        "localQueueSize": 1000,
+        "localQueueSize": LOCAL_QUEUE_SIZE,
         "reportStarts": report_starts,
     }
     return ["node", str(BENCH_DIR / "graphile" / "worker.mjs"), json.dumps(options)]

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import resource
 import sys
 import threading
@@ -82,7 +83,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--observers", choices=["sync", "async"], help="register no-op observer plugins")
     parser.add_argument("--observer-count", type=int, default=10, help="observer plugins (default: 10)")
     parser.add_argument("--report-starts", action="store_true", help="report a timestamp per task call")
-    return parser.parse_args()
+    parser.add_argument(
+        "--local-queue-size",
+        type=int,
+        help="fetch up to this many jobs per statement into a local queue (default: off, one job per fetch)",
+    )
+    parser.add_argument(
+        "--complete-batch-delay",
+        type=float,
+        metavar="SECONDS",
+        help="write completions in batches after this delay; 0 writes what is ready at once (default: off)",
+    )
+    parser.add_argument(
+        "--fail-batch-delay",
+        type=float,
+        metavar="SECONDS",
+        help="write failures in batches after this delay; 0 writes what is ready at once (default: off)",
+    )
+    args = parser.parse_args()
+    if args.local_queue_size is not None and args.local_queue_size < 1:
+        parser.error(f"--local-queue-size is {args.local_queue_size}; pass 1 or more, or leave it out")
+    for option in ("complete_batch_delay", "fail_batch_delay"):
+        delay = getattr(args, option)
+        if delay is not None and not 0 <= delay < math.inf:
+            parser.error(f"--{option.replace('_', '-')} is {delay}; pass 0 or more seconds, or leave it out")
+    return args
 
 
 async def main() -> None:
@@ -104,12 +129,16 @@ async def main() -> None:
     # The default plugins (the built-ins console and lock_sweep), without what the environment
     # of this machine might add through entry points or GW_PLUGINS.
     manager = gwcore.create_plugin_manager(plugins, entry_points=False, requests=[])
+    local_queue = None if args.local_queue_size is None else gwcore.LocalQueueOptions(args.local_queue_size)
     worker = gwcore.Worker(
         args.url,
         tasks={"noop": noop},
         schema=args.schema,
         concurrency=args.concurrency,
         plugin_manager=manager,
+        local_queue=local_queue,
+        complete_job_batch_delay=args.complete_batch_delay,
+        fail_job_batch_delay=args.fail_batch_delay,
     )
 
     loop = asyncio.get_running_loop()

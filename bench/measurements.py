@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from child import Child, ChildError, drop_schema, graphile_worker_argv, load_average
+from child import Child, ChildError, ChildTimeoutError, drop_schema, graphile_worker_argv, load_average
 from psycopg import sql
 
 import gwcore
@@ -27,8 +27,9 @@ BATCH_SIZE = 1000
 LATENCY_WARMUP = 10
 SETTLE_SECONDS = 0.5
 # Runs retried when the worker process exits early, such as graphile-worker stopping itself
-# because another schema in the database was migrated.
+# because another schema in the database was migrated. A throughput run that times out is not retried.
 MAX_RETRIES = 3
+TIMED_OUT = "timed out"
 
 # Preparation of the schema before the worker starts. "gwcore" migrates it, "floor" migrates it
 # and inserts the task row that sql_floor.py looks up, and "graphile" leaves it to graphile-worker.
@@ -149,7 +150,13 @@ async def throughput_once(
             started = time.perf_counter()
             first_id = await add_all(conn, schema, jobs, plugins)
             await child.next_event("ran", timeout=deadline)
-            await asyncio.wait_for(wait_until_done(conn, schema, first_id), timeout=deadline)
+            try:
+                await asyncio.wait_for(wait_until_done(conn, schema, first_id), timeout=deadline)
+            except TimeoutError:
+                raise ChildTimeoutError(
+                    f"{name} timed out: jobs were still in {schema}._private_jobs "
+                    f"{deadline:.0f} s after the worker reported 'ran'"
+                ) from None
             seconds = time.perf_counter() - started
         stopped = await child.stop()
         child = None
@@ -176,19 +183,29 @@ async def throughput(
     large_rows: int = 0,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Repeat `throughput_once` and return the median run, with every run's rate and load."""
+    """Repeat `throughput_once` and return the median run, with every run's rate and load.
+
+    A run that times out ends the measurement, whose figure then has ``result``
+    `TIMED_OUT` and the ``reason``, because a second run would most likely time out too.
+    """
     runs = []
     failures: list[str] = []
+    figure: dict[str, Any] = {"measurement": name, "jobs": jobs, **extra}
     while len(runs) < repeat:
         try:
             runs.append(await throughput_once(url, name, jobs, make_argv, prepare, large_rows=large_rows))
+        except ChildTimeoutError as error:
+            figure.update(result=TIMED_OUT, reason=str(error))
+            figure["runs_jobs_per_second"] = [run["jobs_per_second"] for run in runs]
+            if failures:
+                figure["retried_after"] = failures
+            return figure
         except ChildError as error:
             failures.append(str(error))
             if len(failures) > MAX_RETRIES:
                 raise
     rates = [run["jobs_per_second"] for run in runs]
     median = sorted(runs, key=lambda run: run["jobs_per_second"])[(len(runs) - 1) // 2]
-    figure: dict[str, Any] = {"measurement": name, "jobs": jobs, **extra}
     figure.update(median)
     figure["best_jobs_per_second"] = max(rates)
     figure["runs_jobs_per_second"] = rates

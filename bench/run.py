@@ -1,6 +1,7 @@
 """Benchmark gwcore against graphile-worker 0.18 and a SQL floor on the same database.
 
-    .venv/bin/python bench/run.py [--jobs N] [--concurrency C] [--only NAME,...] [--no-graphile]
+    .venv/bin/python bench/run.py [--jobs N] [--concurrency C] [--repeat R] [--floor-connections F]
+                                  [--only NAME,...] [--no-graphile]
 
 Prints one JSON line per measurement, then a summary table with the ratios of
 gwcore to graphile-worker and to the SQL floor measured in the same run, and
@@ -23,6 +24,7 @@ from typing import Any
 import measurements
 import psycopg
 from child import (
+    LOCAL_QUEUE_SIZE,
     ensure_graphile_worker,
     graphile_worker_argv,
     gwcore_worker_argv,
@@ -38,18 +40,29 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/gwcore_bench"
 MEASUREMENTS = ("throughput", "latency", "floor", "graphile", "enqueue", "hooks", "memory", "large")
 NOT_AVAILABLE = "not available"
+# From this many jobs on, --repeat defaults to 1 instead of 3. An estimate from the figures in
+# docs/performance.md (2 cores, under load): at 100,000 jobs one run of each throughput figure
+# takes about 16 minutes in all, and latency and enqueue 2 more, so 3 runs each would take about 50.
+SINGLE_RUN_JOBS = 50_000
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--jobs", type=int, default=10_000, help="no-op jobs per throughput run (default: 10000)"
+        "--jobs", type=int, default=100_000, help="no-op jobs per throughput run (default: 100000)"
+    )
+    parser.add_argument("--concurrency", type=int, default=10, help="worker slots (default: 10)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help=f"runs per throughput figure; the median is kept (default: 3 under {SINGLE_RUN_JOBS} jobs, "
+        f"1 from {SINGLE_RUN_JOBS} jobs up)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=10, help="worker slots and floor connections (default: 10)"
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per throughput figure; the median is kept (default: 3)"
+        "--floor-connections",
+        type=int,
+        default=2,
+        help=f"SQL floor connections, each fetching {LOCAL_QUEUE_SIZE} jobs per statement (default: 2)",
     )
     parser.add_argument(
         "--latency-samples", type=int, default=1000, help="sequential latency samples (default: 1000)"
@@ -80,7 +93,9 @@ def parse_args() -> argparse.Namespace:
             f"--only names unknown measurement(s) {', '.join(sorted(unknown))}; "
             f"choose from {', '.join(MEASUREMENTS)}"
         )
-    for option in ("jobs", "concurrency", "repeat", "latency_samples", "single_adds"):
+    if args.repeat is None:
+        args.repeat = 1 if args.jobs >= SINGLE_RUN_JOBS else 3
+    for option in ("jobs", "concurrency", "repeat", "floor_connections", "latency_samples", "single_adds"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} is {getattr(args, option)}; it must be at least 1")
     if args.latency_samples < 2:
@@ -135,8 +150,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     figures: dict[str, dict[str, Any]] = {}
     emit(await machine(url), figures)
 
-    def gwcore_argv(observers: str | None = None) -> Any:
-        return lambda schema: gwcore_worker_argv(url, schema, concurrency, jobs, observers=observers)
+    def gwcore_argv(observers: str | None = None, *, batched: bool = False) -> Any:
+        return lambda schema: gwcore_worker_argv(
+            url, schema, concurrency, jobs, observers=observers, batched=batched
+        )
 
     if selected & {"throughput", "hooks", "memory", "large"}:
         emit(
@@ -145,10 +162,20 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             ),
             figures,
         )
-    if "throughput" in selected:
-        # TODO: once Worker takes local-queue and batched-write options, measure them here under the
-        # name "throughput/gwcore-batched", with a local queue of 1000 as for graphile-worker.
-        emit({"measurement": "throughput/gwcore-batched", "result": NOT_AVAILABLE}, figures)
+    if selected & {"throughput", "large"}:
+        emit(
+            await measurements.throughput(
+                url,
+                "throughput/gwcore-batched",
+                jobs,
+                repeat,
+                gwcore_argv(batched=True),
+                "gwcore",
+                concurrency=concurrency,
+                local_queue_size=LOCAL_QUEUE_SIZE,
+            ),
+            figures,
+        )
 
     graphile_problem = (
         ensure_graphile_worker() if args.graphile and selected & {"graphile", "latency"} else None
@@ -184,9 +211,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 "throughput/sql-floor",
                 jobs,
                 repeat,
-                lambda schema: sql_floor_argv(url, schema, concurrency, jobs),
+                lambda schema: sql_floor_argv(url, schema, args.floor_connections, jobs),
                 "floor",
-                concurrency=concurrency,
+                connections=args.floor_connections,
+                batch_size=LOCAL_QUEUE_SIZE,
             ),
             figures,
         )
@@ -199,6 +227,18 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 "latency/gwcore",
                 samples,
                 lambda schema: gwcore_worker_argv(url, schema, concurrency, 0, report_starts=True),
+                "gwcore",
+            ),
+            figures,
+        )
+        emit(
+            await measurements.latency(
+                url,
+                "latency/gwcore-batched",
+                samples,
+                lambda schema: gwcore_worker_argv(
+                    url, schema, concurrency, 0, report_starts=True, batched=True
+                ),
                 "gwcore",
             ),
             figures,
@@ -229,19 +269,20 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             )
 
     if "large" in selected:
-        emit(
-            await measurements.throughput(
-                url,
-                "large-table/gwcore",
-                jobs,
-                repeat,
-                gwcore_argv(),
-                "gwcore",
-                large_rows=args.large_rows,
-                unrunnable_rows=args.large_rows,
-            ),
-            figures,
-        )
+        for batched, name in ((False, "large-table/gwcore"), (True, "large-table/gwcore-batched")):
+            emit(
+                await measurements.throughput(
+                    url,
+                    name,
+                    jobs,
+                    repeat,
+                    gwcore_argv(batched=batched),
+                    "gwcore",
+                    large_rows=args.large_rows,
+                    unrunnable_rows=args.large_rows,
+                ),
+                figures,
+            )
     return figures
 
 
@@ -290,6 +331,14 @@ def targets(figures: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str
     rss = figures.get("throughput/gwcore", {}).get("max_rss_mb")
     rows.append(("peak RSS of the worker (MB)", rss, 80.0, False))
     rows.append(("large table / empty", ratio(rate(figures, "large-table/gwcore"), gwcore), 0.8, True))
+    rows.append(
+        (
+            "large table / empty (batched)",
+            ratio(rate(figures, "large-table/gwcore-batched"), gwcore_batched),
+            0.8,
+            True,
+        )
+    )
 
     table = []
     for name, value, goal, at_least in rows:
@@ -326,8 +375,8 @@ def print_summary(figures: dict[str, dict[str, Any]]) -> None:
     print(f"{'throughput':<36} {'jobs':>7} {'jobs/s':>9} {'best':>9} {'RSS MB':>7}  load per run")
     for name, figure in figures.items():
         if not name.startswith(("throughput/", "hooks/", "large-table/")) or "jobs_per_second" not in figure:
-            if figure.get("result") == NOT_AVAILABLE:
-                print(f"{name:<36} {NOT_AVAILABLE}")
+            if figure.get("result") in (NOT_AVAILABLE, measurements.TIMED_OUT):
+                print(f"{name:<36} {figure['result']}: {figure.get('reason')}")
             continue
         print(
             f"{name:<36} {figure['jobs']:>7} {figure['jobs_per_second']:>9.1f} "

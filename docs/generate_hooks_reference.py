@@ -32,7 +32,14 @@ REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "docs" / "hooks-reference.md"
 
 # Modules whose names the annotations of hooks and context fields may use.
-NAMESPACE_MODULES = ("gwcore.contexts", "gwcore.job", "gwcore.results", "gwcore.worker", "gwcore.config")
+NAMESPACE_MODULES = (
+    "gwcore.contexts",
+    "gwcore.job",
+    "gwcore.results",
+    "gwcore.worker",
+    "gwcore.config",
+    "gwcore.local_queue",
+)
 
 # The names that annotations may use, filled by `render`.
 _NAMESPACE: dict[str, Any] = {}

@@ -49,6 +49,7 @@ from gwcore.errors import (
 )
 from gwcore.hookspecs import hookimpl
 from gwcore.job import Job, JobSpec
+from gwcore.local_queue import LocalQueueMode, LocalQueueOptions, RefetchDelay
 from gwcore.plugins import PluginManager, create_plugin_manager
 from gwcore.results import HookResult, JobScheduleResult
 from gwcore.task_context import JobContext
@@ -70,9 +71,12 @@ __all__ = [
     "JobScheduleResult",
     "JobSpec",
     "JobStats",
+    "LocalQueueMode",
+    "LocalQueueOptions",
     "PluginError",
     "PluginManager",
     "QueueStats",
+    "RefetchDelay",
     "SchemaError",
     "SchemaTooNewError",
     "TaskLoadError",

@@ -52,6 +52,7 @@ from gwcore.errors import (
     ValidationError,
 )
 from gwcore.job import JOB_KEY_MODES, JobSpec
+from gwcore.local_queue import LocalQueueOptions, RefetchDelay
 from gwcore.plugins import PluginManager, create_plugin_manager, hook_names
 from gwcore.supervisor import stop_when_orphaned, supervisor_pid, worker_supervisor
 from gwcore.tasks import TaskRegistry
@@ -297,6 +298,11 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         print(f"gw: schema {args.schema} is up to date", file=sys.stderr)
         return EXIT_OK
 
+    # Checked before a supervisor starts children that would each fail on it.
+    local_queue = local_queue_options(args)
+    if local_queue is not None:
+        LocalQueueOptions.parse(local_queue, poll_interval=args.poll_interval)
+
     if args.processes > 1:
         await _migrate(url, args.schema)
         embedded_url = None if config.get("connection") else url
@@ -315,6 +321,7 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         grace_period=args.grace_period,
         complete_job_batch_delay=args.complete_job_batch_delay,
         fail_job_batch_delay=args.fail_job_batch_delay,
+        local_queue=local_queue,
         plugin_manager=config.plugin_manager,
         migrate=parent_pid is None,
         handle_signals=True,
@@ -329,6 +336,23 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         if watcher is not None:
             watcher.cancel()
     return EXIT_OK
+
+
+def local_queue_options(args: argparse.Namespace) -> LocalQueueOptions | None:
+    """Return the local queue's options from --local-queue-*, or None when --local-queue-size is not set."""
+    if args.local_queue_size is None:
+        if args.local_queue_refetch_delay is not None:
+            raise ConfigurationError(
+                "--local-queue-refetch-delay is set without --local-queue-size; the refetch delay "
+                "belongs to the local queue, so pass --local-queue-size N as well."
+            )
+        return None
+    refetch_delay = None
+    if args.local_queue_refetch_delay is not None:
+        refetch_delay = RefetchDelay(duration=args.local_queue_refetch_delay)
+    return LocalQueueOptions(
+        size=args.local_queue_size, ttl=args.local_queue_ttl, refetch_delay=refetch_delay
+    )
 
 
 def load_tasks(sources: Sequence[str] | None) -> TaskRegistry:

@@ -248,6 +248,44 @@ CORE_OPTIONS: tuple[Option, ...] = (
         commands=_worker_only(),
     ),
     Option(
+        "local_queue_size",
+        ("--local-queue-size",),
+        int,
+        None,
+        "turn on the local queue: fetch up to N jobs in one statement and keep them locked in "
+        "memory for this worker's slots (default: off, each slot fetches its own job)",
+        minimum=1,
+        metavar="N",
+        commands=_worker_only(),
+    ),
+    Option(
+        "local_queue_ttl",
+        ("--local-queue-ttl",),
+        float,
+        300.0,
+        "seconds that jobs fetched into the local queue may wait for a slot before they are "
+        "handed back unlocked (default: 300)",
+        minimum=0,
+        exclusive_minimum=True,
+        unit="seconds",
+        metavar="SECONDS",
+        commands=_worker_only(),
+    ),
+    Option(
+        "local_queue_refetch_delay",
+        ("--local-queue-refetch-delay",),
+        float,
+        None,
+        "after a local-queue fetch that found no job, wait up to this many seconds (jittered, cut "
+        "short by new-job notifications) before fetching again; at most the poll interval "
+        "(default: off)",
+        minimum=0,
+        exclusive_minimum=True,
+        unit="seconds",
+        metavar="SECONDS",
+        commands=_worker_only(),
+    ),
+    Option(
         "processes",
         ("--processes",),
         int,

@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from gwcore.job import Job, JobSpec
 
 if TYPE_CHECKING:
+    from gwcore.local_queue import LocalQueueMode
     from gwcore.worker import Worker
 
 ShutdownReason = Literal["signal", "graceful", "error"]
@@ -175,6 +176,55 @@ class JobInterruptedContext:
     job: Job
     worker_id: str
     reason: str
+
+
+# ---------------------------------------------------------------------------
+# Local queue
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalQueueInitContext:
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class LocalQueueSetModeContext:
+    worker_id: str
+    old_mode: LocalQueueMode
+    new_mode: LocalQueueMode
+
+
+@dataclass(frozen=True)
+class LocalQueueGetJobsCompleteContext:
+    worker_id: str
+    jobs_count: int
+
+
+@dataclass(frozen=True)
+class LocalQueueReturnJobsContext:
+    worker_id: str
+    jobs_count: int
+
+
+@dataclass(frozen=True)
+class LocalQueueRefetchDelayStartContext:
+    worker_id: str
+    duration: float
+    threshold: int
+    abort_threshold: int
+
+
+@dataclass(frozen=True)
+class LocalQueueRefetchDelayAbortContext:
+    worker_id: str
+    count: int
+    abort_threshold: int
+
+
+@dataclass(frozen=True)
+class LocalQueueRefetchDelayExpiredContext:
+    worker_id: str
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,13 @@ if TYPE_CHECKING:
         JobInterruptedContext,
         JobPermanentlyFailContext,
         JobStartContext,
+        LocalQueueGetJobsCompleteContext,
+        LocalQueueInitContext,
+        LocalQueueRefetchDelayAbortContext,
+        LocalQueueRefetchDelayExpiredContext,
+        LocalQueueRefetchDelayStartContext,
+        LocalQueueReturnJobsContext,
+        LocalQueueSetModeContext,
         WorkerInitContext,
         WorkerShutdownContext,
         WorkerStartContext,
@@ -172,6 +179,71 @@ def gw_job_interrupted(ctx: JobInterruptedContext) -> None:
     later with the attempts it had. ``ctx.reason`` is the cause (``"shutdown"``).
     The return value is ignored.
     """
+
+
+# ---------------------------------------------------------------------------
+# Local queue (only with the worker's local_queue option)
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gw_local_queue_init(ctx: LocalQueueInitContext) -> None:
+    """Observer. Fires when a worker with ``local_queue`` creates its local queue, before the first fetch.
+
+    ``ctx.worker_id`` is the worker's id. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_set_mode(ctx: LocalQueueSetModeContext) -> None:
+    """Observer. Fires on every change of the local queue's mode, in the order the changes happen.
+
+    ``ctx.old_mode`` and ``ctx.new_mode`` are `LocalQueueMode` values:
+    ``STARTING`` (nothing fetched yet), ``POLLING`` (a batch fetch runs),
+    ``WAITING`` (jobs cached for the slots, or none and waiting for work),
+    ``TTL_EXPIRED`` (cached jobs outlived ``ttl`` and were handed back) and
+    ``RELEASED`` (the worker is stopping). The return value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_get_jobs_complete(ctx: LocalQueueGetJobsCompleteContext) -> None:
+    """Observer. Fires after each batch fetch, with ``ctx.jobs_count`` jobs now locked by the worker.
+
+    A fetch that found nothing fires it with 0. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_return_jobs(ctx: LocalQueueReturnJobsContext) -> None:
+    """Observer. Fires after cached jobs were handed back unlocked, on ``ttl`` expiry or at shutdown.
+
+    ``ctx.jobs_count`` jobs got their attempt back and may run on any worker.
+    The return value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_refetch_delay_start(ctx: LocalQueueRefetchDelayStartContext) -> None:
+    """Observer. Fires when a fetch returned at most ``ctx.threshold`` jobs, so the next one waits.
+
+    ``ctx.duration`` is the jittered pause in seconds, and ``ctx.abort_threshold``
+    the number of ``jobs:insert`` notifications that ends it early. The return
+    value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_refetch_delay_abort(ctx: LocalQueueRefetchDelayAbortContext) -> None:
+    """Observer. Fires when ``ctx.count`` notifications reached ``ctx.abort_threshold`` and ended the pause.
+
+    The local queue fetches right after. The return value is ignored.
+    """
+
+
+@hookspec
+def gw_local_queue_refetch_delay_expired(ctx: LocalQueueRefetchDelayExpiredContext) -> None:
+    """Observer. Fires when the refetch pause ran its full duration. The return value is ignored."""
 
 
 # ---------------------------------------------------------------------------

@@ -253,7 +253,10 @@ class PluginManager(pluggy.PluginManager):
         """Call every implementation of an observer hook; log and swallow their exceptions."""
         for call in self.calls(hook_name):
             try:
-                await _invoke(call, ctx)
+                # Called inline rather than through _invoke: this runs several times per job.
+                result = call.function(ctx) if call.takes_ctx else call.function()
+                if result is not None and inspect.isawaitable(result):
+                    await result
             except Exception:
                 logger.exception("plugin %r raised in %s; ignoring it", call.plugin_name, hook_name)
 
@@ -344,7 +347,7 @@ async def _await(awaitable: Any) -> Any:
 
 async def _invoke(call: HookCall, ctx: object) -> Any:
     result = call.function(ctx) if call.takes_ctx else call.function()
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):
         result = await result
     return result
 

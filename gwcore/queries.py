@@ -29,8 +29,8 @@ class Queries:
     task_and_queue_names: bytes
     task_ids: bytes
     insert_missing_tasks: bytes
-    fetch_job: bytes
-    fetch_job_with_flags: bytes
+    fetch_jobs: bytes
+    fetch_jobs_with_flags: bytes
     complete_jobs: bytes
     fail_jobs: bytes
     return_jobs: bytes
@@ -108,47 +108,88 @@ where not exists (
 on conflict do nothing
 """
 
-# Lock the next runnable job for this worker. A named queue is taken only while no worker locks it,
-# and is locked together with its job so that the queue runs one job at a time across all workers.
-# Order: priority, then run_at, then id as a stable FIFO tie-break.
-_FETCH_JOB = """
-with next_job as (
-    select jobs.id, jobs.job_queue_id
-    from {schema}._private_jobs as jobs
-    where jobs.is_available = true
-    and jobs.run_at <= now()
-    and jobs.task_id = any(%(task_ids)s::int[])
-    and (
-        jobs.job_queue_id is null
-        or jobs.job_queue_id in (
-            select queues.id
-            from {schema}._private_job_queues as queues
-            where queues.is_available = true
-            for update
-            skip locked
-        )
-    )
-    {flags_filter}
-    order by jobs.priority asc, jobs.run_at asc, jobs.id asc
-    limit 1
+# Lock up to %(size)s runnable jobs for this worker, in the order priority, run_at, id (id is a
+# stable FIFO tie-break).
+#
+# 1. candidates: for each of the worker's tasks, the first %(window)s due jobs in fetch order, read
+#    from gwcore_jobs_task_fetch_index without locks by gwcore_fetch_candidates (gwcore's second
+#    migration). A fetch so never steps over the due jobs of tasks that this worker does not run,
+#    however many there are.
+# 2. locked: the candidates in fetch order, each locked with SKIP LOCKED and rechecked against the
+#    row's latest version, until %(size)s are locked. Jobs that a concurrent fetch is locking are
+#    skipped, and only the jobs taken are locked, so concurrent fetches never block each other.
+#    The window must exceed %(size)s by the jobs that concurrent fetches may be locking, or a fetch
+#    comes back short.
+# 3. A named queue runs one job at a time across all workers: only queues that no worker locks are
+#    candidates, and the batch takes at most one job of each, the first in fetch order. The jobs of
+#    a queue after its first stay unlocked once the statement ends, because only the jobs taken
+#    are updated. Rows come back in no particular order; the caller sorts them.
+_FETCH_JOBS = """
+with available_queues as (
+    select queues.id
+    from {schema}._private_job_queues as queues
+    where queues.is_available = true
     for update
     skip locked
 ),
-locked_queue as (
+candidates as materialized (
+    select candidate.id, candidate.priority, candidate.run_at
+    from {schema}.gwcore_fetch_candidates(
+        %(task_ids)s::int[], %(window)s::int, {forbidden_flags}
+    ) as candidate
+    order by candidate.priority asc, candidate.run_at asc, candidate.id asc
+),
+locked as (
+    select candidates.id, candidates.priority, candidates.run_at, lock.queue[1] as job_queue_id
+    from candidates
+    cross join lateral (
+        select (
+            select array[jobs.job_queue_id]
+            from {schema}._private_jobs as jobs
+            where jobs.id = candidates.id
+            and jobs.is_available = true
+            and jobs.run_at <= now()
+            and (jobs.job_queue_id is null or jobs.job_queue_id in (select id from available_queues))
+            {flags_filter}
+            for update
+            skip locked
+        ) as queue
+        offset 0  -- keeps the subquery whole, so that each candidate is locked once
+    ) as lock
+    where lock.queue is not null
+    limit %(size)s
+),
+next_jobs as (
+    select ranked.id, ranked.job_queue_id
+    from (
+        select
+            locked.id,
+            locked.job_queue_id,
+            row_number() over (
+                partition by locked.job_queue_id
+                order by locked.priority, locked.run_at, locked.id
+            ) as position_in_queue
+        from locked
+    ) as ranked
+    where ranked.job_queue_id is null or ranked.position_in_queue = 1
+),
+locked_queues as (
     update {schema}._private_job_queues as queues
     set locked_by = %(worker_id)s::text, locked_at = now()
-    from next_job
-    where queues.id = next_job.job_queue_id
-    returning queues.queue_name
+    from next_jobs
+    where queues.id = next_jobs.job_queue_id
+    returning queues.id, queues.queue_name
 )
 update {schema}._private_jobs as jobs
 set attempts = jobs.attempts + 1, locked_by = %(worker_id)s::text, locked_at = now()
-from next_job
-where jobs.id = next_job.id
-returning jobs.*, (select queue_name from locked_queue) as queue_name
+from next_jobs
+left join locked_queues on locked_queues.id = next_jobs.job_queue_id
+where jobs.id = next_jobs.id
+returning jobs.*, locked_queues.queue_name
 """
 
 _FLAGS_FILTER = "and ((jobs.flags ?| %(forbidden_flags)s::text[]) is not true)"
+
 
 # Delete finished jobs and unlock their queues; one statement for one job or a batch.
 _COMPLETE_JOBS = """
@@ -266,6 +307,17 @@ select
 """
 
 
+def fetch_window(size: int) -> int:
+    """Return how many candidates per task a fetch of ``size`` jobs reads before it locks any.
+
+    The margin over ``size`` covers jobs that concurrent fetches are locking at
+    the same moment: twice the batch, plus 100 for the single-job fetches of
+    many slots and processes. A fetch whose window was all taken by others
+    comes back short (empty at worst), and the worker fetches again later.
+    """
+    return 2 * size + 100
+
+
 @cache
 def queries_for(schema: str) -> Queries:
     """Return the statements for ``schema``, built once."""
@@ -276,11 +328,19 @@ def queries_for(schema: str) -> Queries:
         task_and_queue_names=_render(_TASK_AND_QUEUE_NAMES, schema),
         task_ids=_render(_TASK_IDS, schema),
         insert_missing_tasks=_render(_INSERT_MISSING_TASKS, schema),
-        fetch_job=_render(_FETCH_JOB.replace("{flags_filter}", ""), schema),
-        fetch_job_with_flags=_render(_FETCH_JOB.replace("{flags_filter}", _FLAGS_FILTER), schema),
+        fetch_jobs=_render(
+            _FETCH_JOBS.replace("{flags_filter}", "").replace("{forbidden_flags}", "null"), schema
+        ),
+        fetch_jobs_with_flags=_render(
+            _FETCH_JOBS.replace("{flags_filter}", _FLAGS_FILTER).replace(
+                "{forbidden_flags}", "%(forbidden_flags)s::text[]"
+            ),
+            schema,
+        ),
         complete_jobs=_render(_COMPLETE_JOBS, schema),
         fail_jobs=_render(_FAIL_JOBS, schema),
         return_jobs=_render(_RETURN_JOBS, schema),
         unlock_worker=_render(_UNLOCK_WORKER, schema),
         release_stale_locks=_render(_RELEASE_STALE_LOCKS, schema),
     )
+

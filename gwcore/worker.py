@@ -55,8 +55,9 @@ from gwcore.contexts import (
 from gwcore.errors import ConfigurationError, GwError
 from gwcore.job import Job
 from gwcore.listener import JobListener, retry_delay
+from gwcore.local_queue import LocalQueue, LocalQueueOptions
 from gwcore.plugins import PluginManager, create_plugin_manager
-from gwcore.queries import queries_for
+from gwcore.queries import fetch_window, queries_for
 from gwcore.results import HookResult, describe_reason
 from gwcore.task_context import JobContext
 from gwcore.tasks import TaskFunction, TaskRegistry, default_registry, is_async_task
@@ -80,8 +81,12 @@ class _RunningJob:
     abort_signal: threading.Event = field(default_factory=threading.Event)
     task_call: asyncio.Future[Any] | None = None
     interrupted: bool = False
-    # Set when the slot may fetch its next job: the outcome is queued for a batched write.
-    released: asyncio.Event = field(default_factory=asyncio.Event)
+    # Done when the slot may take its next job: the job ended, or its outcome waits for a batched write.
+    slot_free: asyncio.Future[None] | None = None
+
+    def free_slot(self) -> None:
+        if self.slot_free is not None and not self.slot_free.done():
+            self.slot_free.set_result(None)
 
 
 class Worker:
@@ -108,6 +113,7 @@ class Worker:
         grace_period: float = 5.0,
         complete_job_batch_delay: float | None = None,
         fail_job_batch_delay: float | None = None,
+        local_queue: LocalQueueOptions | Mapping[str, Any] | None = None,
         extensions: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
         listen: bool = True,
@@ -139,6 +145,10 @@ class Worker:
         self.tasks = registry
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
+        # Off (None) by default: each slot fetches its own job.
+        self.local_queue_options: LocalQueueOptions | None = None
+        if local_queue is not None:
+            self.local_queue_options = LocalQueueOptions.parse(local_queue, poll_interval=self.poll_interval)
         self.grace_period = float(grace_period)
         # Off (None) by default: each outcome is written on its own as soon as it is known.
         self._complete_batcher: OutcomeBatcher[int] | None = None
@@ -161,7 +171,9 @@ class Worker:
         self._pool: AsyncConnectionPool | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._listener: JobListener | None = None
+        self._local_queue: LocalQueue | None = None
         self._task_names: dict[int, str] = {}
+        self._task_ids: list[int] = []
         self._running: dict[int, _RunningJob] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._unwritten_outcomes: set[int] = set()
@@ -206,6 +218,8 @@ class Worker:
         for waiter in self._idle_slots:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._local_queue is not None:
+            self._local_queue.release()
         if self._stop_requested is not None:
             self._stop_requested.set()
 
@@ -309,16 +323,32 @@ class Worker:
             cursor = await conn.execute(self._queries.task_ids, {"identifiers": identifiers})
             rows = await cursor.fetchall()
         self._task_names = {int(task_id): identifier for task_id, identifier in rows}
+        self._task_ids = sorted(self._task_names)
 
     async def _work(self, until_idle: bool) -> None:
         """Run the slots until a stop is requested, a slot fails, or (``until_idle``) all slots are idle."""
         assert self._stop_requested is not None
+        watched: set[asyncio.Task[Any]] = set()
+        if self.local_queue_options is not None:
+            self._local_queue = LocalQueue(
+                self.local_queue_options,
+                worker_id=self.worker_id,
+                concurrency=self.concurrency,
+                poll_interval=self.poll_interval,
+                plugins=self.plugins,
+                fetch_jobs=self._fetch_batch,
+                return_jobs=self._return_jobs,
+                until_idle=until_idle,
+            )
+            await self._local_queue.start()
+            watched.add(self._local_queue.task)  # a failure of the queue stops the worker
+
         slots = {
             asyncio.create_task(self._slot(until_idle), name=f"gwcore-slot-{index}")
             for index in range(self.concurrency)
         }
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
-        pending: set[asyncio.Task[Any]] = set(slots)
+        pending: set[asyncio.Task[Any]] = slots | watched
         try:
             while pending and not stop_waiter.done():
                 done, pending = await asyncio.wait(
@@ -329,6 +359,8 @@ class Worker:
                     failure = slot.exception()
                     if failure is not None:
                         raise failure
+                if not pending & slots:
+                    break  # every slot ended (run_once ran out of jobs)
         finally:
             stop_waiter.cancel()
             for slot in slots:
@@ -338,6 +370,16 @@ class Worker:
     async def _slot(self, until_idle: bool) -> None:
         failures = 0
         while not self._stopping:
+            if self._local_queue is not None:
+                job = await self._local_queue.get_job()
+                if job is None:
+                    return  # released, or (until_idle) a fetch found nothing
+                if await self._is_forbidden(job):
+                    await self._return_jobs([job])
+                    continue
+                await self._start_job(job)
+                continue
+
             try:
                 job = await self._fetch()
             except (psycopg.Error, PoolTimeout) as error:
@@ -354,19 +396,23 @@ class Worker:
                 await self._wait_for_work(self.poll_interval)
                 continue
 
-            running = _RunningJob(job)
-            job_task = asyncio.create_task(self._process(running), name=f"gwcore-job-{job.id}")
-            self._job_tasks.add(job_task)
-            job_task.add_done_callback(self._job_tasks.discard)
-            if self._complete_batcher is None and self._fail_batcher is None:
-                await asyncio.wait([job_task])
-                continue
+            await self._start_job(job)
 
-            # A batched outcome releases the slot before it is written, so the slot fetches on
-            # while the job's task waits for the batch and fires its hooks.
-            released = asyncio.create_task(running.released.wait())
-            await asyncio.wait([job_task, released], return_when=asyncio.FIRST_COMPLETED)
-            released.cancel()
+    async def _start_job(self, job: Job) -> None:
+        """Run ``job`` in an asyncio task of its own; return when the slot may take its next job.
+
+        The slot waits on a future of its own rather than on the job's task, so
+        that cancelling the slot never cancels the job. With batched writes the
+        future is done as soon as the outcome is queued, so the slot takes its
+        next job while the outcome waits for its batch.
+        """
+        running = _RunningJob(job)
+        running.slot_free = asyncio.get_running_loop().create_future()
+        job_task = asyncio.create_task(self._process(running), name=f"gwcore-job-{job.id}")
+        self._job_tasks.add(job_task)
+        job_task.add_done_callback(self._job_tasks.discard)
+        job_task.add_done_callback(lambda _: running.free_slot())
+        await running.slot_free
 
     # -- waking idle slots ---------------------------------------------------
 
@@ -390,6 +436,9 @@ class Worker:
 
     def _wake(self, count: int) -> None:
         """Wake up to ``count`` idle slots; remember the rest for slots that are busy now."""
+        if self._local_queue is not None:
+            self._local_queue.nudge(count)
+            return
         woken = 0
         while woken < count and self._idle_slots:
             waiter = self._idle_slots.popleft()
@@ -404,22 +453,42 @@ class Worker:
     # -- fetch, run, complete, fail ------------------------------------------
 
     async def _fetch(self) -> Job | None:
-        params: dict[str, Any] = {"worker_id": self.worker_id, "task_ids": list(self._task_names)}
-        statement = self._queries.fetch_job
+        """Lock the next runnable job for this slot, or return None when none is ready."""
+        jobs = await self._fetch_batch(1)
+        return jobs[0] if jobs else None
+
+    async def _fetch_batch(self, size: int) -> list[Job]:
+        """Lock up to ``size`` jobs, at most one per named queue, and return them in fetch order."""
+        params: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "task_ids": self._task_ids,
+            "size": size,
+            "window": fetch_window(size),
+        }
+        statement = self._queries.fetch_jobs
         flags = await self._current_forbidden_flags()
         if flags:
-            statement = self._queries.fetch_job_with_flags
+            statement = self._queries.fetch_jobs_with_flags
             params["forbidden_flags"] = flags
 
         async with self.pool.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.execute(statement, params)
-                row = await cursor.fetchone()
-        if row is None:
-            return None
-        return Job.from_row(
-            row, task_identifier=self._task_names[row["task_id"]], queue_name=row["queue_name"]
-        )
+                rows = await cursor.fetchall()
+        jobs = [
+            Job.from_row(row, task_identifier=self._task_names[row["task_id"]], queue_name=row["queue_name"])
+            for row in rows
+        ]
+        if len(jobs) > 1:
+            jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
+        return jobs
+
+    async def _is_forbidden(self, job: Job) -> bool:
+        """Tell whether a cached job carries a flag that became forbidden after its batch was fetched."""
+        if not job.flags or self._forbidden_flags is None:
+            return False
+        forbidden = await self._current_forbidden_flags()
+        return any(flag in job.flags for flag in forbidden)
 
     async def _current_forbidden_flags(self) -> list[str]:
         flags = self._forbidden_flags
@@ -512,7 +581,7 @@ class Worker:
     async def _record_success(self, running: _RunningJob, duration: float) -> None:
         job = running.job
         if self._complete_batcher is not None:
-            running.released.set()
+            running.free_slot()
             written = await self._complete_batcher.submit(job.id, job.id)
         else:
             written = job.id in await self._write_completions([job.id])
@@ -525,7 +594,7 @@ class Worker:
     async def _record_failure(self, running: _RunningJob, error: BaseException) -> None:
         job = running.job
         if self._fail_batcher is not None:
-            running.released.set()
+            running.free_slot()
             row = await self._fail_batcher.submit(job.id, (job.id, format_error(error)))
         else:
             row = (await self._write_failures([(job.id, format_error(error))])).get(job.id)
@@ -543,13 +612,22 @@ class Worker:
                 JobPermanentlyFailContext(job=failed, worker_id=self.worker_id, error=error),
             )
 
-    async def _write_outcome(self, job_ids: Sequence[int], statement: bytes, params: dict[str, Any]) -> Any:
+    async def _write_outcome(
+        self,
+        job_ids: Sequence[int],
+        statement: bytes,
+        params: dict[str, Any],
+        *,
+        action: str = "writing the outcome of",
+        keep_locked: bool = True,
+    ) -> Any:
         """Run an outcome statement for ``job_ids``, retrying while the database is unreachable.
 
         Returns the statement's rows, or None when it was given up. While
         running, it retries until it succeeds. During shutdown it gives up
-        after `OUTCOME_WRITE_DEADLINE` seconds and leaves the jobs locked, so
-        that they are recovered rather than run twice.
+        after `OUTCOME_WRITE_DEADLINE` seconds. With ``keep_locked`` the jobs
+        then stay locked, so that they are recovered rather than run twice;
+        without it, the last unlock at shutdown tries them once more.
         """
         failures = 0
         deadline: float | None = None
@@ -564,18 +642,24 @@ class Worker:
                     deadline = time.monotonic() + OUTCOME_WRITE_DEADLINE
                 if deadline is not None and time.monotonic() > deadline:
                     logger.error(
-                        "the outcome of job(s) %s could not be written (%s); they stay locked by %s "
-                        "until the stale-lock sweep releases them",
+                        "%s job(s) %s failed for %.0f s (%s); giving up, so they stay locked by %s%s",
+                        action,
                         _id_list(job_ids),
+                        OUTCOME_WRITE_DEADLINE,
                         error,
                         self.worker_id,
+                        " until the stale-lock sweep releases them"
+                        if keep_locked
+                        else " unless the last unlock at shutdown succeeds",
                     )
-                    self._unwritten_outcomes.update(job_ids)
+                    if keep_locked:
+                        self._unwritten_outcomes.update(job_ids)
                     return None
                 delay = retry_delay(failures)
                 failures += 1
                 logger.warning(
-                    "writing the outcome of job(s) %s failed (%s); retrying in %.1f s",
+                    "%s job(s) %s failed (%s); retrying in %.1f s",
+                    action,
                     _id_list(job_ids),
                     error,
                     delay,
@@ -616,6 +700,22 @@ class Worker:
                 _id_list(missing),
                 self.worker_id,
             )
+
+    async def _return_jobs(self, jobs: Sequence[Job]) -> int:
+        """Hand back jobs that never ran, unlocked with their attempt given back; return how many.
+
+        Retries like an outcome write. When it is given up at shutdown, the
+        jobs stay locked until the last unlock of this worker's jobs.
+        """
+        job_ids = [job.id for job in jobs]
+        params = {"job_ids": job_ids, "keys": [job.key for job in jobs], "worker_id": self.worker_id}
+        rows = await self._write_outcome(
+            job_ids, self._queries.return_jobs, params, action="handing back", keep_locked=False
+        )
+        if rows is None:
+            return 0
+        logger.debug("handed back job(s) %s unlocked", _id_list(job_ids))
+        return len(rows)
 
     async def _hand_back(self, running: _RunningJob) -> None:
         job = running.job
@@ -681,6 +781,9 @@ class Worker:
             else self._shutdown_reason
         )
         try:
+            if self._local_queue is not None:
+                await self._local_queue.close()
+                self._local_queue = None
             await self._finish_running_jobs()
             await self._flush_outcomes()
             await self._unlock_remaining()

@@ -356,7 +356,7 @@ def test_plugins_hooks_json(project: Path) -> None:
         hooks["gw_before_job_run"]["summary"]
         == "Interceptor. Fires before the task is called with ``ctx.payload``."
     )
-    assert len(hooks) == 15
+    assert len(hooks) == 22
 
 
 def test_configure_error_names_plugin(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ async def test_fresh_install(conn: psycopg.AsyncConnection[Any], schema: str) ->
     result = await migrate(conn, schema)
 
     assert result == MigrationResult(
-        applied=ALL_MIGRATIONS, latest=20, latest_breaking=19, gwcore_applied=(1,), gwcore_latest=1
+        applied=ALL_MIGRATIONS, latest=20, latest_breaking=19, gwcore_applied=(1, 2), gwcore_latest=2
     )
     rows = await migration_rows(conn, schema)
     assert [row[0] for row in rows] == list(ALL_MIGRATIONS)
@@ -158,7 +158,8 @@ async def test_fresh_install(conn: psycopg.AsyncConnection[Any], schema: str) ->
     names = await relation_names(conn, schema)
     assert {"_private_jobs", "_private_job_queues", "_private_tasks"} <= names
     assert {"_private_known_crontabs", "migrations", "jobs", "jobs_id_seq1"} <= names
-    assert {"_gwcore_migrations", "gwcore_jobs_fetch_index"} <= names
+    assert {"_gwcore_migrations", "gwcore_jobs_task_fetch_index"} <= names
+    assert "gwcore_jobs_fetch_index" not in names
     functions = await fetch(
         conn,
         sql.SQL(
@@ -166,7 +167,7 @@ async def test_fresh_install(conn: psycopg.AsyncConnection[Any], schema: str) ->
             " where n.nspname = {}"
         ).format(sql.Literal(schema)),
     )
-    assert {row[0] for row in functions} == PUBLIC_FUNCTIONS
+    assert {row[0] for row in functions} == PUBLIC_FUNCTIONS | {"gwcore_fetch_candidates"}
 
 
 async def test_fresh_install_notifies_each_migration(private_database_url: str) -> None:

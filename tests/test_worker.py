@@ -134,7 +134,7 @@ async def wait_worker_idle(conn: psycopg.AsyncConnection[Any], app_name: str) ->
         cursor = await conn.execute(
             "select "
             " count(*) filter (where query ilike 'listen%%'),"
-            " count(*) filter (where query ilike '%%next_job%%'),"
+            " count(*) filter (where query ilike '%%available_queues%%'),"
             " count(*) filter (where state <> 'idle' and query not ilike 'listen%%')"
             " from pg_stat_activity where application_name = %s and datname = current_database()",
             [app_name],
