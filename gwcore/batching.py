@@ -43,8 +43,9 @@ class OutcomeBatcher(Generic[Item]):
         self._waiters[job_id] = waiter
         if self._timer is None:
             self._timer = asyncio.create_task(self._write_after_delay())
-        # The write goes on even if this job's task is cancelled, so its outcome is not lost.
-        return await asyncio.shield(waiter)
+        # Cancelling the caller cancels only its waiter: the item stays in the batch and is
+        # written, so its outcome is not lost.
+        return await waiter
 
     def resume(self) -> None:
         """Batch with the configured delay again, as a new run of the worker starts."""

@@ -79,7 +79,11 @@ class JobFailure(Exception):
 class _RunningJob:
     job: Job
     abort_signal: threading.Event = field(default_factory=threading.Event)
+    # The executor call of a plain def task, or the job's own asyncio task while it awaits an
+    # async def task: what shutdown cancels to interrupt the task.
     task_call: asyncio.Future[Any] | None = None
+    job_task: asyncio.Task[Any] | None = None
+    task_finished: bool = False
     interrupted: bool = False
     # Done when the slot may take its next job: the job ended, or its outcome waits for a batched write.
     slot_free: asyncio.Future[None] | None = None
@@ -511,14 +515,19 @@ class Worker:
 
     async def _process_job(self, running: _RunningJob) -> None:
         job = running.job
-        await self.plugins.notify("gw_job_fetch", JobFetchContext(job=job, worker_id=self.worker_id))
+        # Each hook's context is built only when a plugin implements the hook: this runs per job.
+        plugins = self.plugins
+        if plugins.has_calls("gw_job_fetch"):
+            await plugins.notify("gw_job_fetch", JobFetchContext(job=job, worker_id=self.worker_id))
         started = time.monotonic()
 
         try:
-            decision = await self.plugins.intercept(
-                "gw_before_job_run",
-                BeforeJobRunContext(job=job, worker_id=self.worker_id, payload=job.payload),
-            )
+            decision = HookResult.CONTINUE
+            if plugins.has_calls("gw_before_job_run"):
+                decision = await plugins.intercept(
+                    "gw_before_job_run",
+                    BeforeJobRunContext(job=job, worker_id=self.worker_id, payload=job.payload),
+                )
         except Exception as error:
             await self._record_failure(running, error)
             return
@@ -529,7 +538,8 @@ class Worker:
             await self._record_failure(running, _failure_from(decision))
             return
 
-        await self.plugins.notify("gw_job_start", JobStartContext(job=job, worker_id=self.worker_id))
+        if plugins.has_calls("gw_job_start"):
+            await plugins.notify("gw_job_start", JobStartContext(job=job, worker_id=self.worker_id))
         started = time.monotonic()
         result = await self._call_task(running)
         duration = time.monotonic() - started
@@ -538,10 +548,12 @@ class Worker:
             return
 
         try:
-            verdict = await self.plugins.intercept(
-                "gw_after_job_run",
-                AfterJobRunContext(job=job, worker_id=self.worker_id, result=result, duration=duration),
-            )
+            verdict = HookResult.CONTINUE
+            if plugins.has_calls("gw_after_job_run"):
+                verdict = await plugins.intercept(
+                    "gw_after_job_run",
+                    AfterJobRunContext(job=job, worker_id=self.worker_id, result=result, duration=duration),
+                )
         except Exception as error:
             await self._record_failure(running, error)
             return
@@ -558,24 +570,30 @@ class Worker:
         if running.interrupted:
             return TaskResult(error=asyncio.CancelledError("shutdown before the task started"))
         job_context = JobContext(job, self, running.abort_signal)
-        loop = asyncio.get_running_loop()
-        if is_async_task(function):
-            running.task_call = asyncio.ensure_future(function(job.payload, job_context))
-        else:
-            context = contextvars.copy_context()
-            running.task_call = loop.run_in_executor(
-                self._executor, context.run, function, job.payload, job_context
-            )
-
+        current = asyncio.current_task()
         try:
-            value = await running.task_call
+            if is_async_task(function):
+                # Awaited in the job's own task: a task of its own would cost a task step per job.
+                # To interrupt it, shutdown cancels the job's task (see _interrupt_jobs).
+                running.job_task = current
+                value = await function(job.payload, job_context)
+            else:
+                context = contextvars.copy_context()
+                running.task_call = asyncio.get_running_loop().run_in_executor(
+                    self._executor, context.run, function, job.payload, job_context
+                )
+                value = await running.task_call
         except asyncio.CancelledError as error:
-            current = asyncio.current_task()
-            if not running.interrupted and current is not None and current.cancelling():
-                raise  # the job's own asyncio task is being cancelled, not just the task function
+            if not running.interrupted:
+                raise  # the job's own asyncio task is being cancelled, not by shutdown
             return TaskResult(error=error)
         except Exception as error:
             return TaskResult(error=error)
+        finally:
+            running.task_finished = True
+            if running.interrupted and running.job_task is not None and current is not None:
+                while current.cancelling():
+                    current.uncancel()  # the cancellation was shutdown's, and it ends here
         return TaskResult(value=value)
 
     async def _record_success(self, running: _RunningJob, duration: float) -> None:
@@ -585,7 +603,7 @@ class Worker:
             written = await self._complete_batcher.submit(job.id, job.id)
         else:
             written = job.id in await self._write_completions([job.id])
-        if written:
+        if written and self.plugins.has_calls("gw_job_complete"):
             await self.plugins.notify(
                 "gw_job_complete",
                 JobCompleteContext(job=job, worker_id=self.worker_id, duration=duration),
@@ -766,13 +784,14 @@ class Worker:
     def _interrupt_jobs(self) -> None:
         """Set the abort signal of every job whose task has not finished, and cancel the task."""
         for running in list(self._running.values()):
-            call = running.task_call
-            if call is not None and call.done():
+            if running.task_finished:
                 continue  # the task finished; its outcome is being written
             running.interrupted = True
             running.abort_signal.set()
-            if call is not None:
-                call.cancel()
+            if running.task_call is not None:
+                running.task_call.cancel()
+            elif running.job_task is not None:
+                running.job_task.cancel()
 
     async def _shut_down(self, error: BaseException | None) -> None:
         reason: ShutdownReason = (
