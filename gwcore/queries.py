@@ -343,4 +343,3 @@ def queries_for(schema: str) -> Queries:
         unlock_worker=_render(_UNLOCK_WORKER, schema),
         release_stale_locks=_render(_RELEASE_STALE_LOCKS, schema),
     )
-
