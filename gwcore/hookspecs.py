@@ -216,10 +216,12 @@ def gw_local_queue_get_jobs_complete(ctx: LocalQueueGetJobsCompleteContext) -> N
 
 @hookspec
 def gw_local_queue_return_jobs(ctx: LocalQueueReturnJobsContext) -> None:
-    """Observer. Fires after cached jobs were handed back unlocked, on ``ttl`` expiry or at shutdown.
+    """Observer. Fires after cached jobs were handed back unlocked without running.
 
-    ``ctx.jobs_count`` jobs got their attempt back and may run on any worker.
-    The return value is ignored.
+    That happens on ``ttl`` expiry, at shutdown, and when a slot takes a
+    cached job whose flag became forbidden after the fetch. ``ctx.jobs_count``
+    jobs got their attempt back and may run on any worker. The return value
+    is ignored.
     """
 
 

@@ -316,9 +316,14 @@ class LocalQueue:
     def nudge(self, count: int = 1) -> None:
         """Count ``count`` ``jobs:insert`` notifications; they make an idle queue fetch at once."""
         self._pulses += count
-        if self._delay_until is not None:
-            self._delay_pulses += count
+        # Counted from the start of the last fetch, so a notification that arrives while a fetch
+        # runs also counts toward ending the refetch delay that may follow that fetch.
+        self._delay_pulses += count
         self._changed.set()
+
+    async def return_job(self, job: Job) -> None:
+        """Hand back a job that a slot took but will not run, and fire ``gw_local_queue_return_jobs``."""
+        await self._hand_back([job])
 
     def release(self) -> None:
         """Stop fetching and return None to every waiting slot; `close` hands back the cached jobs."""
@@ -353,6 +358,7 @@ class LocalQueue:
     async def _poll(self) -> None:
         """Fetch one batch, hand it to waiting slots and cache the rest, then wait."""
         self._pulses = 0
+        self._delay_pulses = 0
         self._demand = False
         self._fetch_soon = False
         try:
@@ -469,7 +475,6 @@ class LocalQueue:
         maximum = delay.max_abort_threshold or 5 * self._concurrency
         duration = delay.duration * random.uniform(0.5, 1.0)
         self._delay_abort_threshold = random.randint(1, maximum)
-        self._delay_pulses = 0
         self._fetch_after_delay = False
         self._delay_until = time.monotonic() + duration
         await self._plugins.notify(

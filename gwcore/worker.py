@@ -379,7 +379,8 @@ class Worker:
                 if job is None:
                     return  # released, or (until_idle) a fetch found nothing
                 if await self._is_forbidden(job):
-                    await self._return_jobs([job])
+                    logger.info("job %d got a forbidden flag while cached; handing it back", job.id)
+                    await self._local_queue.return_job(job)
                     continue
                 await self._start_job(job)
                 continue
