@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -39,13 +40,20 @@ class JobContext:
         self.worker_id = worker.worker_id
         self.extensions: Mapping[str, Any] = worker.extensions
         self.abort_signal = abort_signal
-        self.logger = JobLogger(
-            logging.getLogger(f"gwcore.task.{job.task_identifier}"),
-            {"job_id": job.id, "task_identifier": job.task_identifier, "worker_id": worker.worker_id},
-        )
         self._worker = worker
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+
+    @functools.cached_property
+    def logger(self) -> JobLogger:
+        """A logger named ``gwcore.task.<task identifier>`` that adds the job id to each record.
+
+        Built on first use, because most no-op and short tasks never log.
+        """
+        return JobLogger(
+            logging.getLogger(f"gwcore.task.{self.job.task_identifier}"),
+            {"job_id": self.job.id, "task_identifier": self.job.task_identifier, "worker_id": self.worker_id},
+        )
 
     # -- the job's row ------------------------------------------------------
 

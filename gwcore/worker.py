@@ -177,6 +177,7 @@ class Worker:
         self._listener: JobListener | None = None
         self._local_queue: LocalQueue | None = None
         self._task_names: dict[int, str] = {}
+        self._async_tasks: dict[str, bool] = {}  # by task identifier, filled when a run starts
         self._task_ids: list[int] = []
         self._running: dict[int, _RunningJob] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -327,6 +328,7 @@ class Worker:
             cursor = await conn.execute(self._queries.task_ids, {"identifiers": identifiers})
             rows = await cursor.fetchall()
         self._task_names = {int(task_id): identifier for task_id, identifier in rows}
+        self._async_tasks = {identifier: is_async_task(self.tasks[identifier]) for identifier in identifiers}
         self._task_ids = sorted(self._task_names)
 
     async def _work(self, until_idle: bool) -> None:
@@ -378,7 +380,7 @@ class Worker:
                 job = await self._local_queue.get_job()
                 if job is None:
                     return  # released, or (until_idle) a fetch found nothing
-                if await self._is_forbidden(job):
+                if job.flags and self._forbidden_flags is not None and await self._is_forbidden(job):
                     logger.info("job %d got a forbidden flag while cached; handing it back", job.id)
                     await self._local_queue.return_job(job)
                     continue
@@ -573,7 +575,10 @@ class Worker:
         job_context = JobContext(job, self, running.abort_signal)
         current = asyncio.current_task()
         try:
-            if is_async_task(function):
+            is_async = self._async_tasks.get(job.task_identifier)
+            if is_async is None:
+                is_async = is_async_task(function)
+            if is_async:
                 # Awaited in the job's own task: a task of its own would cost a task step per job.
                 # To interrupt it, shutdown cancels the job's task (see _interrupt_jobs).
                 running.job_task = current
