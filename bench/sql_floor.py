@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from gwcore.queries import fetch_window, queries_for
+from gwcore.worker import PREPARE_JOB_STATEMENTS
 
 WORKER_ID = "bench-sql-floor"
 
@@ -49,13 +50,13 @@ async def drain(
     delete_params: dict[str, object] = {"worker_id": WORKER_ID, "job_ids": []}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while state["done"] < target:
-            cursor = await conn.execute(queries.fetch_jobs, fetch_params)
+            cursor = await conn.execute(queries.fetch_jobs, fetch_params, prepare=PREPARE_JOB_STATEMENTS)
             rows = await cursor.fetchall()
             if not rows:
                 await asyncio.sleep(0.001)
                 continue
             delete_params["job_ids"] = [row[0] for row in rows]
-            await conn.execute(queries.complete_jobs, delete_params)
+            await conn.execute(queries.complete_jobs, delete_params, prepare=PREPARE_JOB_STATEMENTS)
             before = state["done"]
             state["done"] += len(rows)
             if before < target <= state["done"]:

@@ -70,6 +70,12 @@ ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | Awaitable[Sequence
 # How long shutdown keeps retrying the outcome of a finished job when the database is unreachable.
 OUTCOME_WRITE_DEADLINE = 30.0
 
+# The fetch and outcome statements are planned on every execution rather than prepared. A job
+# table can go from empty to a million rows within minutes, and a prepared statement's generic
+# plan, made while the table was empty, kept scanning the whole table for every batch: a batch
+# delete of 1,000 ids by sequential scan, and fetches of several seconds on 100,000 rows.
+PREPARE_JOB_STATEMENTS = False
+
 
 class JobFailure(Exception):
     """A job failed because a hook returned a failure, not because its task raised."""
@@ -480,7 +486,7 @@ class Worker:
 
         async with self.pool.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(statement, params)
+                await cursor.execute(statement, params, prepare=PREPARE_JOB_STATEMENTS)
                 rows = await cursor.fetchall()
         jobs = [
             Job.from_row(row, task_identifier=self._task_names[row["task_id"]], queue_name=row["queue_name"])
@@ -659,7 +665,7 @@ class Worker:
             try:
                 async with self.pool.connection() as conn:
                     async with conn.cursor(row_factory=dict_row) as cursor:
-                        await cursor.execute(statement, params)
+                        await cursor.execute(statement, params, prepare=PREPARE_JOB_STATEMENTS)
                         return await cursor.fetchall()
             except (psycopg.Error, PoolTimeout) as error:
                 if self._stopping and deadline is None:
