@@ -5,9 +5,10 @@
 
 Prints one JSON line per measurement, then a summary table with the ratios of
 gwcore to graphile-worker and to the SQL floor measured in the same run, and
-the targets. Uses DATABASE_URL, or the local test database by default; every
-run works in a schema of its own that it drops afterwards. docs/performance.md
-describes each measurement and the figures of a full run.
+the targets. Uses DATABASE_URL, or by default the database gwcore_bench on the
+local server, which it creates when missing; every run works in a schema of its
+own that it drops afterwards. docs/performance.md describes each measurement
+and the figures of a full run.
 """
 
 from __future__ import annotations

@@ -78,6 +78,20 @@ FIELD_NOTES: dict[str, str] = {
     "JobPermanentlyFailContext.error": "The exception of the last attempt, as in `gw_job_fail`.",
     "JobInterruptedContext.reason": 'The cause: `"shutdown"`.',
     "JobInterruptedContext.job": "The row as it was fetched; the interrupted attempt is not counted.",
+    "old_mode": "The `LocalQueueMode` the local queue leaves.",
+    "new_mode": "The `LocalQueueMode` the local queue enters.",
+    "LocalQueueGetJobsCompleteContext.jobs_count": "How many jobs the fetch locked for the worker "
+    "(0 included).",
+    "LocalQueueReturnJobsContext.jobs_count": "How many jobs were handed back unlocked, with their attempt "
+    "given back.",
+    "LocalQueueRefetchDelayStartContext.duration": "Seconds of the pause: the configured duration, "
+    "jittered to between half and all of it.",
+    "threshold": "The refetch delay's `threshold`: a fetch that returned at most this many jobs "
+    "starts a pause.",
+    "abort_threshold": "How many `jobs:insert` notifications end the pause early: a random number "
+    "between 1 and `max_abort_threshold`.",
+    "LocalQueueRefetchDelayAbortContext.count": "How many `jobs:insert` notifications arrived since the "
+    "fetch before the pause.",
     "BeforeJobScheduleContext.payload": "The payload as the previous implementation left it.",
 }
 

@@ -299,9 +299,7 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
         return EXIT_OK
 
     # Checked before a supervisor starts children that would each fail on it.
-    local_queue = local_queue_options(args)
-    if local_queue is not None:
-        LocalQueueOptions.parse(local_queue, poll_interval=args.poll_interval)
+    local_queue = local_queue_options(args, config)
 
     if args.processes > 1:
         await _migrate(url, args.schema)
@@ -338,21 +336,33 @@ async def run_worker(args: argparse.Namespace, url: str, config: Config) -> int:
     return EXIT_OK
 
 
-def local_queue_options(args: argparse.Namespace) -> LocalQueueOptions | None:
-    """Return the local queue's options from --local-queue-*, or None when --local-queue-size is not set."""
-    if args.local_queue_size is None:
-        if args.local_queue_refetch_delay is not None:
+def local_queue_options(args: argparse.Namespace, config: Config) -> LocalQueueOptions | None:
+    """Return the validated local queue options, or None when ``local_queue_size`` is not set.
+
+    Errors name the options by key with the source of each value, because the
+    values may come from a flag, the environment or a file.
+    """
+    size, ttl, delay = args.local_queue_size, args.local_queue_ttl, args.local_queue_refetch_delay
+    if size is None:
+        if delay is not None:
             raise ConfigurationError(
-                "--local-queue-refetch-delay is set without --local-queue-size; the refetch delay "
-                "belongs to the local queue, so pass --local-queue-size N as well."
+                f"local_queue_refetch_delay is {delay} ({config.source('local_queue_refetch_delay')}) but "
+                "local_queue_size is not set; the refetch delay belongs to the local queue, so set "
+                "local_queue_size as well (--local-queue-size N, GW_LOCAL_QUEUE_SIZE or a config file)."
             )
         return None
-    refetch_delay = None
-    if args.local_queue_refetch_delay is not None:
-        refetch_delay = RefetchDelay(duration=args.local_queue_refetch_delay)
-    return LocalQueueOptions(
-        size=args.local_queue_size, ttl=args.local_queue_ttl, refetch_delay=refetch_delay
+
+    options = LocalQueueOptions(
+        size=size, ttl=ttl, refetch_delay=None if delay is None else RefetchDelay(duration=delay)
     )
+    try:
+        return LocalQueueOptions.parse(options, poll_interval=args.poll_interval)
+    except ConfigurationError as error:
+        keys = ["local_queue_size", "local_queue_ttl", "poll_interval"]
+        if delay is not None:
+            keys.append("local_queue_refetch_delay")
+        settings = ", ".join(f"{key} = {config.get(key)} ({config.source(key)})" for key in keys)
+        raise ConfigurationError(f"{error} The settings: {settings}.") from error
 
 
 def load_tasks(sources: Sequence[str] | None) -> TaskRegistry:

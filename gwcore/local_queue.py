@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gwcore.local_queue")
 
 DEFAULT_TTL = 300.0
+# The largest batch: a fetch locks it in one statement and the worker keeps it in memory.
+MAX_SIZE = 100_000
 
 # Fetches up to the given number of jobs and returns them locked by the worker.
 FetchJobs = Callable[[int], Awaitable[list[Job]]]
@@ -115,7 +117,7 @@ class LocalQueueOptions:
                 "such as {'size': 100, 'ttl': 300}."
             )
         options: LocalQueueOptions = value
-        _check_integer("local_queue.size", options.size, minimum=1)
+        _check_integer("local_queue.size", options.size, minimum=1, maximum=MAX_SIZE)
         _check_positive("local_queue.ttl", options.ttl)
 
         delay: Any = options.refetch_delay
@@ -182,18 +184,19 @@ def _check_keys(name: str, value: Mapping[str, Any], known: tuple[str, ...]) -> 
         )
 
 
-def _check_integer(name: str, value: Any, *, minimum: int) -> None:
+def _check_integer(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(
-            f"{name} is invalid: {value!r} is not an integer; pass an integer >= {minimum}."
+            f"{name} is invalid: {value!r} is not an integer; pass an integer {allowed}."
         )
-    if value < minimum:
-        raise ConfigurationError(f"{name} is invalid: {value!r}; it must be >= {minimum}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigurationError(f"{name} is invalid: {value!r}; pass an integer {allowed}.")
 
 
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} is invalid: {value!r} is not a number; pass seconds > 0.")
+        raise ConfigurationError(f"{name} is invalid: {value!r} is not a finite number; pass seconds > 0.")
     if value <= 0:
         raise ConfigurationError(f"{name} is invalid: {value!r}; it must be > 0 seconds.")
 
@@ -513,6 +516,7 @@ class LocalQueue:
         jobs = list(self._jobs)
         self._jobs.clear()
         if jobs:
+            logger.info("handing back %d cached job(s) unlocked as the worker stops", len(jobs))
             await self._hand_back(jobs)
 
     async def _hand_back(self, jobs: list[Job]) -> None:

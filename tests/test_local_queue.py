@@ -724,21 +724,26 @@ async def test_refetch_delay_counts_notification_during_fetch(own_database: OwnD
 
 # Each case: the local_queue value, the poll interval, and texts the error message must contain.
 INVALID_OPTIONS: dict[str, tuple[Any, float, list[str]]] = {
-    "size_zero": ({"size": 0}, 2.0, ["local_queue.size is invalid: 0", "it must be >= 1"]),
+    "size_zero": ({"size": 0}, 2.0, ["local_queue.size is invalid: 0", "pass an integer from 1 to 100,000"]),
+    "size_too_large": (
+        {"size": 100_001},
+        2.0,
+        ["local_queue.size is invalid: 100001", "pass an integer from 1 to 100,000"],
+    ),
     "size_string": (
         {"size": "10"},
         2.0,
-        ["local_queue.size", "'10' is not an integer", "pass an integer >= 1"],
+        ["local_queue.size", "'10' is not an integer", "pass an integer from 1 to 100,000"],
     ),
     "size_bool": (
         {"size": True},
         2.0,
-        ["local_queue.size", "True is not an integer", "pass an integer >= 1"],
+        ["local_queue.size", "True is not an integer", "pass an integer from 1 to 100,000"],
     ),
     "size_missing": ({"ttl": 5}, 2.0, ["local_queue is invalid", "'size' is missing", "{'size': 100}"]),
     "ttl_zero": ({"size": 10, "ttl": 0}, 2.0, ["local_queue.ttl is invalid: 0", "> 0 seconds"]),
     "ttl_negative": ({"size": 10, "ttl": -5}, 2.0, ["local_queue.ttl is invalid: -5", "> 0 seconds"]),
-    "ttl_nan": ({"size": 10, "ttl": float("nan")}, 2.0, ["local_queue.ttl", "nan is not a number"]),
+    "ttl_nan": ({"size": 10, "ttl": float("nan")}, 2.0, ["local_queue.ttl", "nan is not a finite number"]),
     "unknown_key": ({"size": 10, "tll": 5}, 2.0, ["unknown key 'tll'", "did you mean 'ttl'?", "size, ttl"]),
     "not_options": (10, 2.0, ["local_queue is invalid: 10", "LocalQueueOptions(size=...)"]),
     "object_size_zero": (LocalQueueOptions(size=0), 2.0, ["local_queue.size is invalid: 0"]),
@@ -750,12 +755,12 @@ INVALID_OPTIONS: dict[str, tuple[Any, float, list[str]]] = {
     "delay_threshold_negative": (
         {"size": 10, "refetch_delay": {"duration": 1, "threshold": -1}},
         2.0,
-        ["local_queue.refetch_delay.threshold is invalid: -1", "it must be >= 0"],
+        ["local_queue.refetch_delay.threshold is invalid: -1", "pass an integer >= 0"],
     ),
     "delay_max_abort_zero": (
         {"size": 10, "refetch_delay": {"duration": 1, "max_abort_threshold": 0}},
         2.0,
-        ["local_queue.refetch_delay.max_abort_threshold is invalid: 0", "it must be >= 1"],
+        ["local_queue.refetch_delay.max_abort_threshold is invalid: 0", "pass an integer >= 1"],
     ),
     "delay_duration_missing": (
         {"size": 10, "refetch_delay": {"threshold": 1}},
@@ -825,8 +830,9 @@ def test_valid_options_accepted(case: str) -> None:
     assert worker.local_queue_options == expected
 
 
-def run_gw(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+def run_gw(cwd: Path, *arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("GW_", "DATABASE"))}
+    environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "gwcore.cli", *arguments],
         cwd=cwd,
@@ -848,11 +854,23 @@ CLI_REJECTED: dict[str, tuple[list[str], list[str]]] = {
     ),
     "delay_without_size": (
         ["--local-queue-refetch-delay", "1"],
-        ["--local-queue-refetch-delay is set without --local-queue-size", "pass --local-queue-size N"],
+        [
+            "local_queue_refetch_delay is 1.0 (command line) but local_queue_size is not set",
+            "--local-queue-size N",
+        ],
     ),
     "delay_above_poll_interval": (
         ["--local-queue-size", "5", "--local-queue-refetch-delay", "5", "--poll-interval", "2"],
-        ["local_queue.refetch_delay.duration is invalid", "longer than the poll interval"],
+        [
+            "local_queue.refetch_delay.duration is invalid",
+            "longer than the poll interval",
+            "local_queue_refetch_delay = 5.0 (command line)",
+            "poll_interval = 2.0 (command line)",
+        ],
+    ),
+    "size_too_large": (
+        ["--local-queue-size", "1073741774"],
+        ["local_queue.size is invalid: 1073741774", "local_queue_size = 1073741774 (command line)"],
     ),
     # Checked before the supervisor starts any worker process.
     "delay_above_poll_interval_processes": (
@@ -1368,3 +1386,24 @@ async def test_run_once_runs_each_job_once(
     assert recorder.fetch_counts()[-1] == 0
     assert recorder.modes()[-1] == (Mode.WAITING, Mode.RELEASED)
     assert await job_rows(gw_conn, gw_schema) == {}
+
+
+def test_cli_names_source_of_delay(gw_database_url: str, gw_schema: str, task_folder: Path) -> None:
+    environment = {"GW_LOCAL_QUEUE_REFETCH_DELAY": "0.5"}
+
+    result = run_gw(
+        task_folder,
+        "worker",
+        "-c",
+        gw_database_url,
+        "-s",
+        gw_schema,
+        "--once",
+        "--tasks",
+        "tasks",
+        env=environment,
+    )
+
+    assert result.returncode == 2
+    assert "local_queue_refetch_delay is 0.5 (env GW_LOCAL_QUEUE_REFETCH_DELAY)" in result.stderr
+    assert "local_queue_size is not set" in result.stderr
