@@ -387,7 +387,7 @@ class Worker:
                 if job is None:
                     return  # released, or (until_idle) a fetch found nothing
                 if job.flags and self._forbidden_flags is not None and await self._is_forbidden(job):
-                    logger.info("job %d got a forbidden flag while cached; handing it back", job.id)
+                    logger.info("job %d has a flag forbidden since it was fetched; handing it back", job.id)
                     await self._local_queue.return_job(job)
                     continue
                 await self._start_job(job)
