@@ -261,8 +261,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             emit(figure, figures)
 
     if "hooks" in selected:
-        # With defaults, each job waits for two commits, so the hooks' CPU cost barely shows;
-        # the batched settings make the worker CPU-bound, where it shows in full.
+        # With defaults, each job waits for two commits, so the hooks' CPU cost barely shows.
+        # The batched settings make the worker CPU-bound, and there it shows in full.
         for batched, suffix in ((False, ""), (True, "-batched")):
             for kind in ("sync", "async"):
                 emit(
@@ -335,9 +335,9 @@ def targets(figures: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str
         rows.append((f"latency {key[:3]} / graphile-worker", ratio(mine, theirs), 1.0, False))
     for suffix, baseline in (("", gwcore), ("-batched", gwcore_batched)):
         for kind in ("sync", "async"):
-            kept = ratio(rate(figures, f"hooks/{kind}-observers{suffix}"), baseline)
+            retained = ratio(rate(figures, f"hooks/{kind}-observers{suffix}"), baseline)
             label = f"10 {kind} observers{' (batched)' if suffix else ''}: throughput lost"
-            rows.append((label, None if kept is None else 1 - kept, 0.15, False))
+            rows.append((label, None if retained is None else 1 - retained, 0.15, False))
     rss = figures.get("throughput/gwcore", {}).get("max_rss_mb")
     rows.append(("peak RSS of the worker (MB)", rss, 80.0, False))
     rows.append(("large table / empty", ratio(rate(figures, "large-table/gwcore"), gwcore), 0.8, True))

@@ -198,11 +198,11 @@ def gw_local_queue_init(ctx: LocalQueueInitContext) -> None:
 def gw_local_queue_set_mode(ctx: LocalQueueSetModeContext) -> None:
     """Observer. Fires on every change of the local queue's mode, in the order the changes happen.
 
-    ``ctx.old_mode`` and ``ctx.new_mode`` are `LocalQueueMode` values:
-    ``STARTING`` (nothing fetched yet), ``POLLING`` (a batch fetch runs),
-    ``WAITING`` (jobs cached for the slots, or none and waiting for work),
-    ``TTL_EXPIRED`` (cached jobs outlived ``ttl`` and were handed back) and
-    ``RELEASED`` (the worker is stopping). The return value is ignored.
+    ``ctx.old_mode`` and ``ctx.new_mode`` are `LocalQueueMode` values. In
+    ``STARTING`` nothing was fetched yet, and in ``POLLING`` a batch fetch runs.
+    ``WAITING`` has jobs cached for the slots, or none and waits for work.
+    ``TTL_EXPIRED`` follows cached jobs that outlived ``ttl`` and were handed
+    back, and ``RELEASED`` means the worker is stopping. The return value is ignored.
     """
 
 

@@ -16,7 +16,7 @@ from memory. One asyncio task, the driver, owns every change of mode, so the
 - ``RELEASED``: the worker is stopping; cached jobs were handed back.
 
 Jobs handed back are unlocked with the fetch's attempt given back, so a job
-that waited in memory never loses an attempt.
+that only waited in memory keeps the attempts it had.
 """
 
 from __future__ import annotations
@@ -419,7 +419,7 @@ class LocalQueue:
             expires = self._cached_since + self.options.ttl
             await self._sleep_until(expires)
             if self._releasing or not self._jobs:
-                return  # drained: the next round sees an empty cache and fetches
+                return  # drained: the next round finds the cache empty and fetches
             if time.monotonic() >= expires:
                 await self._expire_cached_jobs()
             return

@@ -117,7 +117,7 @@ on conflict do nothing
 #    however many there are.
 # 2. locked: the candidates in fetch order, each locked with SKIP LOCKED and rechecked against the
 #    row's latest version, until %(size)s are locked. Jobs that a concurrent fetch is locking are
-#    skipped, and only the jobs taken are locked, so concurrent fetches never block each other.
+#    skipped rather than waited for, and only the jobs taken stay locked.
 #    The window must exceed %(size)s by the jobs that concurrent fetches may be locking, or a fetch
 #    comes back short.
 # 3. A named queue runs one job at a time across all workers: only queues that no worker locks are

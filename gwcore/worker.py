@@ -70,10 +70,10 @@ ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | Awaitable[Sequence
 # How long shutdown keeps retrying the outcome of a finished job when the database is unreachable.
 OUTCOME_WRITE_DEADLINE = 30.0
 
-# The fetch and outcome statements are planned on every execution rather than prepared. A job
-# table can go from empty to a million rows within minutes, and a prepared statement's generic
-# plan, made while the table was empty, kept scanning the whole table for every batch: a batch
-# delete of 1,000 ids by sequential scan, and fetches of several seconds on 100,000 rows.
+# The fetch and outcome statements are planned on every execution rather than prepared, because
+# a job table can go from empty to a million rows within minutes. A prepared statement's generic
+# plan, made while the table was empty, stayed in use after it filled: batch deletes of 1,000 ids
+# ran as sequential scans, and fetches took seconds on 100,000 rows.
 PREPARE_JOB_STATEMENTS = False
 
 
@@ -386,7 +386,8 @@ class Worker:
                 job = await self._local_queue.get_job()
                 if job is None:
                     return  # released, or (until_idle) a fetch found nothing
-                if job.flags and self._forbidden_flags is not None and await self._is_forbidden(job):
+                # Checked here, not in the coroutine, so that a job without flags costs no coroutine.
+                if job.flags and self._forbidden_flags is not None and await self._flag_became_forbidden(job):
                     logger.info("job %d has a flag forbidden since it was fetched; handing it back", job.id)
                     await self._local_queue.return_job(job)
                     continue
@@ -496,12 +497,10 @@ class Worker:
             jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
         return jobs
 
-    async def _is_forbidden(self, job: Job) -> bool:
+    async def _flag_became_forbidden(self, job: Job) -> bool:
         """Tell whether a cached job carries a flag that became forbidden after its batch was fetched."""
-        if not job.flags or self._forbidden_flags is None:
-            return False
         forbidden = await self._current_forbidden_flags()
-        return any(flag in job.flags for flag in forbidden)
+        return any(flag in (job.flags or ()) for flag in forbidden)
 
     async def _current_forbidden_flags(self) -> list[str]:
         flags = self._forbidden_flags

@@ -109,8 +109,8 @@ async def test_fetch_skips_other_tasks_jobs(gw_schema: str, gw_conn: psycopg.Asy
 
 
 async def test_fetch_reads_index_in_order(gw_schema: str, gw_conn: psycopg.AsyncConnection[Any]) -> None:
-    # Freshly inserted rows and no ANALYZE: the statistics say the table is empty, which is what
-    # a worker sees in a job table that filled up within the last minute.
+    # Freshly inserted rows and no ANALYZE: the statistics describe an empty table, as they do
+    # for a job table that filled up within the last minute.
     await gwcore.add_jobs(
         gw_conn,
         [gwcore.JobSpec.create("mine", {"n": n}) for n in range(2000)],
